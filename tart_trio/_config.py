@@ -1,0 +1,300 @@
+"""Plugin and task configuration: msgspec Structs, the single source of truth.
+
+The hclspec Nomad decodes job and agent config with is derived from these Structs
+(``_hclspec``); the msgpack bytes Nomad sends back are decoded into them with decoders
+built once, then checked by ``validate_*`` before anything is created.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, ClassVar, Final
+
+import msgspec
+from msgspec import Meta
+
+from tart_trio._durations import parse_duration
+from tart_trio._errors import ConfigError
+from tart_trio._structs import Base
+
+NAT_MODES: Final = ("shared", "nat", "default")
+NETWORK_MODES: Final = (*NAT_MODES, "host", "bridged", "softnet")
+CACHING_MODES: Final = ("automatic", "uncached", "cached")
+SYNC_MODES: Final = ("fsync", "full", "none")
+SECRETS_SHARE: Final = "secrets"
+DEFAULT_TAG: Final = "com.apple.virtio-fs.automount"
+
+
+def _doc(text: str) -> Meta:
+    return Meta(description=text)
+
+
+class Auth(Base, frozen=True):
+    """Credentials for a private image registry (``auth { }``)."""
+
+    __secret_fields__: ClassVar[frozenset[str]] = frozenset({"password"})
+    username: Annotated[str, _doc("Registry user name.")]
+    password: Annotated[str, _doc("Registry password or token; never logged.")]
+
+
+class Network(Base, frozen=True):
+    """VM networking (``network { }``)."""
+
+    mode: Annotated[str | None, _doc("shared (NAT, default), host, bridged or softnet.")] = None
+    bridged_interface: Annotated[
+        str | None, _doc("Host interface for mode = bridged, e.g. en0.")
+    ] = None
+    softnet_allow: Annotated[
+        tuple[str, ...], _doc("CIDRs Softnet lets the VM reach; implies softnet.")
+    ] = ()
+    softnet_expose: Annotated[
+        tuple[str, ...], _doc("EXTERNAL:INTERNAL TCP port forwards; implies softnet.")
+    ] = ()
+
+
+class RootDisk(Base, frozen=True):
+    """Root disk behaviour (``root_disk { }``)."""
+
+    readonly: Annotated[bool, _doc("Attach the root disk read-only (ro).")] = False
+    caching_mode: Annotated[str | None, _doc("automatic, uncached or cached.")] = None
+    sync_mode: Annotated[str | None, _doc("fsync, full or none.")] = None
+
+
+class DirectoryOptions(Base, frozen=True):
+    """Options of one directory share (``directory { options { } }``)."""
+
+    readonly: Annotated[bool, _doc("Share read-only (:ro).")] = False
+    tag: Annotated[str | None, _doc("VirtioFS tag; custom tags are not automounted.")] = None
+
+
+class Directory(Base, frozen=True):
+    """A host directory shared into the VM (``directory { }``, repeatable)."""
+
+    path: Annotated[str, _doc("Absolute host path to share.")]
+    name: Annotated[
+        str | None, _doc("Folder name in the guest; defaults to the path's last component.")
+    ] = None
+    options: DirectoryOptions | None = None
+
+
+class TaskConfig(Base, frozen=True):
+    """The job's ``config { }`` block for ``driver = "tart"``."""
+
+    __secret_fields__: ClassVar[frozenset[str]] = frozenset({"ssh_password"})
+    url: Annotated[str, _doc("Tart image to clone, e.g. ghcr.io/cirruslabs/macos-sequoia-base.")]
+    ssh_user: Annotated[str, _doc("Guest user for logs and exec over SSH.")]
+    ssh_password: Annotated[str, _doc("Guest user's password; never logged.")]
+    show_ui: Annotated[bool, _doc("Open Tart's window instead of --no-graphics.")] = False
+    disk_size: Annotated[
+        int, Meta(ge=0, le=65535, description="Grow the disk to this many GB; 0 keeps it.")
+    ] = 0
+    auth: Auth | None = None
+    network: Network | None = None
+    root_disk: RootDisk | None = None
+    directory: tuple[Directory, ...] = ()
+
+
+class PluginConfig(Base, frozen=True):
+    """The agent's ``plugin "nomad-driver-tart" { config { } }`` block."""
+
+    enabled: Annotated[bool, _doc("Enable the driver.")] = True
+    tart_path: Annotated[
+        str, _doc("The tart executable; empty finds tart on PATH, then /opt/homebrew/bin/tart.")
+    ] = ""
+    tart_home: Annotated[
+        str, _doc("TART_HOME for every tart command; empty keeps tart's default (~/.tart).")
+    ] = ""
+    fingerprint_period: Annotated[
+        str, _doc("How often the driver re-checks tart and reports to Nomad.")
+    ] = "30s"
+
+    @property
+    def fingerprint_period_seconds(self) -> float:
+        """The fingerprint period in seconds."""
+        return parse_duration(self.fingerprint_period)
+
+
+_TASK_DECODER: Final = msgspec.msgpack.Decoder(TaskConfig, strict=False)
+_PLUGIN_DECODER: Final = msgspec.msgpack.Decoder(PluginConfig, strict=False)
+_AT_PATH: Final = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _field_path(path: str) -> str:
+    return path.lstrip(".").replace("`", "")
+
+
+def _translate(exc: msgspec.ValidationError, scope: str) -> ConfigError:
+    match = _AT_PATH.match(str(exc))
+    assert match is not None
+    message = match.group("msg").replace("`", "")
+    message = message[:1].lower() + message[1:]
+    return ConfigError(_field_path(match.group("path") or ""), message, scope=scope)
+
+
+def decode_task_config(data: bytes) -> TaskConfig:
+    """Decode go-cty msgpack from Nomad into a validated TaskConfig."""
+    try:
+        config = _TASK_DECODER.decode(data)
+    except msgspec.ValidationError as exc:
+        raise _translate(exc, "task config") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError("", f"undecodable msgpack ({exc})") from None
+    validate_task_config(config)
+    return config
+
+
+def decode_plugin_config(data: bytes) -> PluginConfig:
+    """Decode the agent's plugin config; empty bytes mean every default."""
+    if not data:
+        return PluginConfig()
+    try:
+        config = _PLUGIN_DECODER.decode(data)
+    except msgspec.ValidationError as exc:
+        raise _translate(exc, "plugin config") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError("", f"undecodable msgpack ({exc})", scope="plugin config") from None
+    validate_plugin_config(config)
+    return config
+
+
+def validate_plugin_config(config: PluginConfig) -> None:
+    """Check the values msgspec's types cannot."""
+    try:
+        period = config.fingerprint_period_seconds
+    except ValueError as exc:
+        raise ConfigError("fingerprint_period", str(exc), scope="plugin config") from None
+    if period < 1:
+        raise ConfigError("fingerprint_period", "must be at least 1s", scope="plugin config")
+
+
+def _one_of(field: str, value: str | None, allowed: tuple[str, ...]) -> None:
+    if value is not None and value not in allowed:
+        raise ConfigError(field, f"{value!r} is not one of: {', '.join(allowed)}")
+
+
+def network_mode(network: Network | None) -> str:
+    """The effective mode: shared (NAT), host, bridged or softnet."""
+    if network is None:
+        return "shared"
+    if network.mode is None:
+        return "softnet" if network.softnet_allow or network.softnet_expose else "shared"
+    return "shared" if network.mode in NAT_MODES else network.mode
+
+
+def _validate_network(network: Network) -> None:
+    _one_of("network.mode", network.mode, NETWORK_MODES)
+    mode = network_mode(network)
+    softnet_fields = [
+        name for name in ("softnet_allow", "softnet_expose") if getattr(network, name)
+    ]
+    if softnet_fields and mode != "softnet":
+        raise ConfigError(
+            f"network.{softnet_fields[0]}",
+            f"only applies to softnet networking, but mode is {network.mode!r}; "
+            'remove it or set mode = "softnet"',
+        )
+    if mode == "bridged" and not network.bridged_interface:
+        raise ConfigError(
+            "network.bridged_interface", 'is required with mode = "bridged" (e.g. "en0")'
+        )
+    if network.bridged_interface is not None and mode != "bridged":
+        raise ConfigError(
+            "network.bridged_interface", f'only applies to mode = "bridged", not {mode!r}'
+        )
+    for i, cidr in enumerate(network.softnet_allow):
+        try:
+            ipaddress.IPv4Network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"network.softnet_allow[{i}]",
+                f"{cidr!r} is not an IPv4 CIDR such as 192.168.0.0/24",
+            ) from None
+    for i, spec in enumerate(network.softnet_expose):
+        _validate_expose(f"network.softnet_expose[{i}]", spec)
+
+
+def _validate_expose(field: str, spec: str) -> None:
+    parts = spec.split(":")
+    ok = len(parts) == 2 and all(p.isdigit() and 1 <= int(p) <= 65535 for p in parts)
+    if not ok:
+        raise ConfigError(
+            field, f'{spec!r} is not EXTERNAL:INTERNAL with ports 1-65535, e.g. "2222:22"'
+        )
+
+
+def _validate_root_disk(root_disk: RootDisk) -> None:
+    _one_of("root_disk.caching_mode", root_disk.caching_mode, CACHING_MODES)
+    _one_of("root_disk.sync_mode", root_disk.sync_mode, SYNC_MODES)
+
+
+_SHARE_FORBIDDEN: Final = (":", ",")
+
+
+def share_name(directory: Directory) -> str | None:
+    """The folder name a share gets in the guest (None: contents at the mount root)."""
+    if directory.name is not None:
+        return directory.name
+    if directory.options is not None and directory.options.tag is not None:
+        return None
+    return directory.path.rstrip("/").rsplit("/", 1)[-1] or None
+
+
+def share_tag(directory: Directory) -> str:
+    """The VirtioFS tag a share is attached with."""
+    if directory.options is not None and directory.options.tag is not None:
+        return directory.options.tag
+    return DEFAULT_TAG
+
+
+def _validate_directories(directories: tuple[Directory, ...]) -> None:
+    by_tag: dict[str, list[tuple[int, str | None]]] = {DEFAULT_TAG: [(-1, SECRETS_SHARE)]}
+    for i, directory in enumerate(directories):
+        field = f"directory[{i}]"
+        if not directory.path.startswith("/"):
+            raise ConfigError(f"{field}.path", f"{directory.path!r} is not an absolute path")
+        checks = [("path", directory.path), ("name", directory.name)]
+        if directory.options is not None:
+            checks.append(("options.tag", directory.options.tag))
+        for key, value in checks:
+            if value is not None and (value == "" or any(c in value for c in _SHARE_FORBIDDEN)):
+                raise ConfigError(
+                    f"{field}.{key}",
+                    f"{value!r} must be non-empty and contain "
+                    "neither ':' nor ',' (Tart's --dir syntax)",
+                )
+        name = share_name(directory)
+        if name is None and directory.path.rstrip("/") == "":
+            raise ConfigError(f"{field}.name", "is required when sharing /")
+        by_tag.setdefault(share_tag(directory), []).append((i, name))
+    for tag, shares in by_tag.items():
+        seen: dict[str, int] = {}
+        for i, name in shares:
+            if name is None and len(shares) > 1:
+                raise ConfigError(
+                    f"directory[{i}].name",
+                    f"is required: tag {tag!r} has several shares, and each of them must be named",
+                )
+            if name is not None and name in seen:
+                what = (
+                    "is reserved for the task's secrets"
+                    if seen[name] < 0
+                    else f"is already used by directory[{seen[name]}]"
+                )
+                raise ConfigError(f"directory[{i}].name", f"{name!r} {what} on tag {tag!r}")
+            if name is not None:
+                seen[name] = i
+
+
+def validate_task_config(config: TaskConfig) -> None:
+    """Check everything msgspec's types cannot, naming the field and the allowed values."""
+    for field in ("url", "ssh_user"):
+        if not getattr(config, field).strip():
+            raise ConfigError(field, "must not be empty")
+    if config.auth is not None and not config.auth.username:
+        raise ConfigError("auth.username", "must not be empty")
+    if config.network is not None:
+        _validate_network(config.network)
+    if config.root_disk is not None:
+        _validate_root_disk(config.root_disk)
+    _validate_directories(config.directory)

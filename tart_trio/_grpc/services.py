@@ -1,0 +1,158 @@
+"""Nomad's BasePlugin and Driver services. Each method translates and calls the domain."""
+
+from __future__ import annotations
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
+
+from tart_trio._bridge import run_aio, run_trio
+from tart_trio._config import PluginConfig, TaskConfig
+from tart_trio._driver import Driver
+from tart_trio._grpc import convert
+from tart_trio._grpc.status import translate_errors
+from tart_trio._hclspec import object_spec
+from tart_trio._model import Fingerprint, TaskEvent
+from tart_trio._proto.hashicorp.nomad.plugins.base import base_grpc, base_pb2
+from tart_trio._proto.hashicorp.nomad.plugins.drivers import driver_grpc
+from tart_trio._proto.hashicorp.nomad.plugins.drivers import driver_pb2 as pb
+
+_PLUGIN_SPEC = convert.spec(object_spec(PluginConfig))
+_TASK_SPEC = convert.spec(object_spec(TaskConfig))
+
+
+class BasePlugin(base_grpc.BasePluginBase):
+    """PluginInfo, ConfigSchema, SetConfig."""
+
+    def __init__(self, driver: Driver) -> None:
+        self._driver = driver
+
+    @translate_errors
+    async def PluginInfo(
+        self, stream: Stream[base_pb2.PluginInfoRequest, base_pb2.PluginInfoResponse]
+    ) -> None:
+        await stream.recv_message()
+        await stream.send_message(convert.plugin_info(self._driver.plugin_info()))
+
+    @translate_errors
+    async def ConfigSchema(
+        self, stream: Stream[base_pb2.ConfigSchemaRequest, base_pb2.ConfigSchemaResponse]
+    ) -> None:
+        await stream.recv_message()
+        await stream.send_message(base_pb2.ConfigSchemaResponse(spec=_PLUGIN_SPEC))
+
+    @translate_errors
+    async def SetConfig(
+        self, stream: Stream[base_pb2.SetConfigRequest, base_pb2.SetConfigResponse]
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        ports = None
+        if request.HasField("nomad_config") and request.nomad_config.HasField("driver"):
+            driver = request.nomad_config.driver
+            ports = (driver.ClientMinPort, driver.ClientMaxPort)
+        self._driver.set_config(request.msgpack_config, request.plugin_api_version, ports)
+        await stream.send_message(base_pb2.SetConfigResponse())
+
+
+def _unimplemented(what: str) -> GRPCError:
+    return GRPCError(Status.UNIMPLEMENTED, f"{what} is not supported by the tart driver")
+
+
+class DriverService(driver_grpc.DriverBase):
+    """The Driver service."""
+
+    def __init__(self, driver: Driver) -> None:
+        self._driver = driver
+
+    @translate_errors
+    async def Init(self, stream: Stream[pb.InitRequest, pb.InitResponse]) -> None:
+        await stream.recv_message()
+        await stream.send_message(pb.InitResponse())
+
+    @translate_errors
+    async def Shutdown(self, stream: Stream[pb.ShutdownRequest, pb.ShutdownResponse]) -> None:
+        await stream.recv_message()
+        await stream.send_message(pb.ShutdownResponse())
+
+    @translate_errors
+    async def TaskConfigSchema(
+        self, stream: Stream[pb.TaskConfigSchemaRequest, pb.TaskConfigSchemaResponse]
+    ) -> None:
+        await stream.recv_message()
+        await stream.send_message(pb.TaskConfigSchemaResponse(spec=_TASK_SPEC))
+
+    @translate_errors
+    async def Capabilities(
+        self, stream: Stream[pb.CapabilitiesRequest, pb.CapabilitiesResponse]
+    ) -> None:
+        await stream.recv_message()
+        await stream.send_message(convert.capabilities(self._driver.capabilities()))
+
+    @translate_errors
+    async def Fingerprint(
+        self, stream: Stream[pb.FingerprintRequest, pb.FingerprintResponse]
+    ) -> None:
+        await stream.recv_message()
+
+        async def deliver(fp: Fingerprint) -> None:
+            await run_aio(stream.send_message, convert.fingerprint(fp))
+
+        await run_trio(self._driver.watch_fingerprints, deliver)
+
+    @translate_errors
+    async def TaskEvents(self, stream: Stream[pb.TaskEventsRequest, pb.DriverTaskEvent]) -> None:
+        await stream.recv_message()
+
+        async def deliver(event: TaskEvent) -> None:
+            await run_aio(stream.send_message, convert.task_event(event))
+
+        await run_trio(self._driver.watch_events, deliver)
+
+    async def RecoverTask(
+        self, stream: Stream[pb.RecoverTaskRequest, pb.RecoverTaskResponse]
+    ) -> None:
+        raise _unimplemented("RecoverTask")
+
+    async def StartTask(self, stream: Stream[pb.StartTaskRequest, pb.StartTaskResponse]) -> None:
+        raise _unimplemented("StartTask")
+
+    async def WaitTask(self, stream: Stream[pb.WaitTaskRequest, pb.WaitTaskResponse]) -> None:
+        raise _unimplemented("WaitTask")
+
+    async def StopTask(self, stream: Stream[pb.StopTaskRequest, pb.StopTaskResponse]) -> None:
+        raise _unimplemented("StopTask")
+
+    async def DestroyTask(
+        self, stream: Stream[pb.DestroyTaskRequest, pb.DestroyTaskResponse]
+    ) -> None:
+        raise _unimplemented("DestroyTask")
+
+    async def InspectTask(
+        self, stream: Stream[pb.InspectTaskRequest, pb.InspectTaskResponse]
+    ) -> None:
+        raise _unimplemented("InspectTask")
+
+    async def TaskStats(self, stream: Stream[pb.TaskStatsRequest, pb.TaskStatsResponse]) -> None:
+        raise _unimplemented("TaskStats")
+
+    async def SignalTask(self, stream: Stream[pb.SignalTaskRequest, pb.SignalTaskResponse]) -> None:
+        raise _unimplemented("SignalTask")
+
+    async def ExecTask(self, stream: Stream[pb.ExecTaskRequest, pb.ExecTaskResponse]) -> None:
+        raise _unimplemented("ExecTask")
+
+    async def ExecTaskStreaming(
+        self, stream: Stream[pb.ExecTaskStreamingRequest, pb.ExecTaskStreamingResponse]
+    ) -> None:
+        raise _unimplemented("ExecTaskStreaming")
+
+    async def CreateNetwork(
+        self, stream: Stream[pb.CreateNetworkRequest, pb.CreateNetworkResponse]
+    ) -> None:
+        raise _unimplemented("CreateNetwork")
+
+    async def DestroyNetwork(
+        self, stream: Stream[pb.DestroyNetworkRequest, pb.DestroyNetworkResponse]
+    ) -> None:
+        raise _unimplemented("DestroyNetwork")

@@ -1,0 +1,1 @@
+"""The tart adapter: the only code that runs the ``tart`` executable."""

@@ -1,0 +1,103 @@
+"""Running ``tart``: where it is, the environment it gets, and how failures read."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from tart_trio._errors import TartTrioError
+
+HOMEBREW_TART: Final = "/opt/homebrew/bin/tart"
+HOMEBREW_BIN: Final = "/opt/homebrew/bin"
+_STDERR_TAIL: Final = 2000
+
+
+class TartCommandError(TartTrioError):
+    """``tart`` exited non-zero. Carries the argv (never secrets), exit code and stderr tail."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str) -> None:
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        self.stderr = stderr.strip()[-_STDERR_TAIL:]
+        detail = self.stderr.splitlines()[-1] if self.stderr else "no error output"
+        super().__init__(f"`{' '.join(self.argv)}` failed with exit code {returncode}: {detail}")
+
+
+class TartNotFound(TartTrioError):
+    """No usable ``tart`` executable."""
+
+
+def locate_tart(configured: str, search_path: str | None = None) -> str | None:
+    """The tart binary: the configured one, else ``tart`` on PATH, else Homebrew's."""
+    if configured:
+        candidate = Path(configured)
+        if "/" not in configured:
+            found = shutil.which(configured, path=search_path)
+            return found
+        return str(candidate) if os.access(candidate, os.X_OK) and candidate.is_file() else None
+    found = shutil.which("tart", path=search_path)
+    if found:
+        return found
+    return HOMEBREW_TART if os.access(HOMEBREW_TART, os.X_OK) else None
+
+
+def tart_environment(
+    tart_path: str, tart_home: str, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of every tart command: the plugin's own, never a task's.
+
+    The tart binary's directory and Homebrew's bin lead PATH so Tart finds ``softnet``
+    even when Nomad runs as a launchd daemon with a minimal PATH.
+    """
+    env = dict(os.environ if base is None else base)
+    for key in [k for k in env if k.startswith("TART_REGISTRY_")]:
+        del env[key]  # credentials are scoped to the one call that needs them
+    extra = [str(Path(tart_path).parent), HOMEBREW_BIN]
+    parts = [p for p in env.get("PATH", "/usr/bin:/bin").split(":") if p]
+    env["PATH"] = ":".join(dict.fromkeys([*extra, *parts]))
+    if tart_home:
+        env["TART_HOME"] = tart_home
+    return env
+
+
+class Tart:
+    """A configured ``tart`` executable. Callers own timeouts (wrap calls in fail_after)."""
+
+    def __init__(self, path: str, home: str = "", base_env: Mapping[str, str] | None = None):
+        self.path = path
+        self.home = home
+        self.env = tart_environment(path, home, base_env)
+
+    async def run(
+        self,
+        *args: str,
+        stdin: bytes | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> str:
+        """Run ``tart ARGS``; return stdout, raise TartCommandError on a non-zero exit."""
+        env = self.env if not extra_env else {**self.env, **extra_env}
+        result = await trio.run_process(
+            [self.path, *args],
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=env,
+            start_new_session=True,
+        )
+        stdout = result.stdout.decode(errors="replace")
+        if result.returncode != 0:
+            raise TartCommandError(
+                ["tart", *args], result.returncode, result.stderr.decode(errors="replace")
+            )
+        return stdout
+
+    async def version(self) -> str:
+        """``tart --version``, e.g. ``2.35.0``."""
+        return (await self.run("--version")).strip()

@@ -1,0 +1,217 @@
+"""Task and plugin config: decoding go-cty msgpack and the errors users see."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from tart_trio._config import (
+    Directory,
+    DirectoryOptions,
+    PluginConfig,
+    TaskConfig,
+    decode_plugin_config,
+    decode_task_config,
+    network_mode,
+)
+from tart_trio._errors import ConfigError
+
+
+def encoded(**overrides: Any) -> bytes:
+    """A task config as Nomad sends it: every key present, absent blocks nil."""
+    base: dict[str, Any] = {
+        "auth": None,
+        "directory": [],
+        "disk_size": 0,
+        "network": None,
+        "root_disk": None,
+        "show_ui": False,
+        "ssh_password": "s3cret",
+        "ssh_user": "admin",
+        "url": "ghcr.io/cirruslabs/macos-sequoia-base:latest",
+    }
+    base.update(overrides)
+    return msgspec.msgpack.encode(base)
+
+
+def network(**fields: Any) -> dict[str, Any]:
+    return {
+        "mode": None,
+        "bridged_interface": None,
+        "softnet_allow": [],
+        "softnet_expose": [],
+        **fields,
+    }
+
+
+def directory(**fields: Any) -> dict[str, Any]:
+    return {"name": None, "options": None, **fields}
+
+
+def test_numbers_arrive_as_int_float_or_decimal_string() -> None:
+    assert decode_task_config(encoded(disk_size=60)).disk_size == 60
+    assert decode_task_config(encoded(disk_size=60.0)).disk_size == 60
+    assert decode_task_config(encoded(disk_size="60")).disk_size == 60
+
+
+def test_password_is_redacted_in_repr() -> None:
+    config = decode_task_config(encoded(auth={"username": "u", "password": "tok3n"}))
+    assert "s3cret" not in repr(config)
+    assert "tok3n" not in repr(config)
+    assert "<redacted>" in str(config)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "words"),
+    [
+        (
+            {"network": network(mode="wifi")},
+            "network.mode",
+            ["'wifi'", "shared", "host", "bridged", "softnet"],
+        ),
+        ({"network": network(mode="bridged")}, "network.bridged_interface", ["required"]),
+        (
+            {"network": network(mode="host", softnet_allow=["10.0.0.0/8"])},
+            "network.softnet_allow",
+            ["softnet"],
+        ),
+        (
+            {"network": network(mode="host", softnet_expose=["2222:22"])},
+            "network.softnet_expose",
+            ["softnet"],
+        ),
+        (
+            {"network": network(softnet_expose=["2222"])},
+            "network.softnet_expose[0]",
+            ["EXTERNAL:INTERNAL"],
+        ),
+        (
+            {"network": network(softnet_expose=["22:70000"])},
+            "network.softnet_expose[0]",
+            ["1-65535"],
+        ),
+        ({"network": network(softnet_allow=["10.0.0.0/33"])}, "network.softnet_allow[0]", ["CIDR"]),
+        ({"network": network(softnet_allow=["banana"])}, "network.softnet_allow[0]", ["CIDR"]),
+        (
+            {"root_disk": {"readonly": False, "caching_mode": "fast", "sync_mode": None}},
+            "root_disk.caching_mode",
+            ["automatic", "uncached", "cached"],
+        ),
+        (
+            {"root_disk": {"readonly": False, "caching_mode": None, "sync_mode": "always"}},
+            "root_disk.sync_mode",
+            ["fsync", "full", "none"],
+        ),
+        ({"directory": [directory(path="relative/dir")]}, "directory[0].path", ["absolute"]),
+        ({"disk_size": -1}, "disk_size", [">= 0"]),
+        ({"disk_size": "lots"}, "disk_size", ["int"]),
+        ({"url": ""}, "url", ["empty"]),
+        ({"directory": [directory(path="/a", name="secrets")]}, "directory[0].name", ["reserved"]),
+        (
+            {"directory": [directory(path="/a", name="x"), directory(path="/b", name="x")]},
+            "directory[1].name",
+            ["directory[0]"],
+        ),
+        ({"directory": [directory(path="/a:b")]}, "directory[0].path", ["':'"]),
+    ],
+)
+def test_bad_values_name_the_field_and_the_allowed_values(
+    overrides: dict[str, Any], field: str, words: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        decode_task_config(encoded(**overrides))
+    assert caught.value.field == field
+    message = str(caught.value)
+    assert message.startswith(f"invalid task config: {field}: ")
+    for word in words:
+        assert word in message
+    assert "s3cret" not in message
+
+
+def test_unknown_field_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="unknown field"):
+        decode_task_config(encoded(colour="blue"))
+
+
+def test_type_error_on_a_secret_never_shows_its_value() -> None:
+    with pytest.raises(ConfigError) as caught:
+        decode_task_config(encoded(ssh_password=["s3cret"]))
+    assert caught.value.field == "ssh_password"
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("net", "mode"),
+    [
+        (None, "shared"),
+        (network(), "shared"),
+        (network(mode="nat"), "shared"),
+        (network(mode="default"), "shared"),
+        (network(softnet_allow=["10.0.0.0/8"]), "softnet"),
+        (network(softnet_expose=["8080:80"]), "softnet"),
+        (network(mode="softnet"), "softnet"),
+        (network(mode="host"), "host"),
+        (network(mode="bridged", bridged_interface="en0"), "bridged"),
+    ],
+)
+def test_effective_network_mode(net: dict[str, Any] | None, mode: str) -> None:
+    assert network_mode(decode_task_config(encoded(network=net)).network) == mode
+
+
+def test_unnamed_directory_is_named_after_its_path() -> None:
+    config = decode_task_config(encoded(directory=[directory(path="/Users/me/build/")]))
+    assert config.directory == (Directory(path="/Users/me/build/"),)
+
+
+def test_unnamed_directory_on_its_own_tag_is_allowed() -> None:
+    config = decode_task_config(
+        encoded(directory=[directory(path="/src", options={"readonly": True, "tag": "src"})])
+    )
+    assert config.directory[0].options == DirectoryOptions(readonly=True, tag="src")
+
+
+def test_unnamed_directories_sharing_a_custom_tag_must_be_named() -> None:
+    opts = {"readonly": False, "tag": "t"}
+    with pytest.raises(ConfigError, match=r"directory\[0\]\.name: is required"):
+        decode_task_config(
+            encoded(
+                directory=[directory(path="/a", options=opts), directory(path="/b", options=opts)]
+            )
+        )
+
+
+def test_plugin_config_defaults_and_errors() -> None:
+    assert decode_plugin_config(b"") == PluginConfig()
+    full = msgspec.msgpack.encode(
+        {
+            "enabled": False,
+            "tart_path": "/usr/local/bin/tart",
+            "tart_home": "/var/tart",
+            "fingerprint_period": "1m30s",
+        }
+    )
+    config = decode_plugin_config(full)
+    assert config.fingerprint_period_seconds == 90
+    bad = msgspec.msgpack.encode(
+        {"enabled": True, "tart_path": "", "tart_home": "", "fingerprint_period": "often"}
+    )
+    with pytest.raises(ConfigError, match="invalid plugin config: fingerprint_period: 'often'"):
+        decode_plugin_config(bad)
+
+
+def test_task_config_struct_is_the_documented_one() -> None:
+    fields = {f.name: f for f in msgspec.structs.fields(TaskConfig)}
+    assert set(fields) == {
+        "url",
+        "ssh_user",
+        "ssh_password",
+        "show_ui",
+        "disk_size",
+        "auth",
+        "network",
+        "root_disk",
+        "directory",
+    }
+    assert {n for n, f in fields.items() if f.required} == {"url", "ssh_user", "ssh_password"}
