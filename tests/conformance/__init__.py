@@ -1,0 +1,1 @@
+"""Conformance tests that drive the plugin through nomadsim (a Nomad client stand-in)."""
