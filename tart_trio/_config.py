@@ -24,6 +24,7 @@ CACHING_MODES: Final = ("automatic", "uncached", "cached")
 SYNC_MODES: Final = ("fsync", "full", "none")
 SECRETS_SHARE: Final = "secrets"
 DEFAULT_TAG: Final = "com.apple.virtio-fs.automount"
+DEFAULT_LOG_COMMAND: Final = ("/usr/bin/log", "stream", "--style", "syslog", "--level", "info")
 
 
 def _doc(text: str) -> Meta:
@@ -93,6 +94,10 @@ class TaskConfig(Base, frozen=True):
     network: Network | None = None
     root_disk: RootDisk | None = None
     directory: tuple[Directory, ...] = ()
+    log_command: Annotated[
+        tuple[str, ...],
+        _doc("Command run in the guest over SSH whose output becomes the task's stdout."),
+    ] = DEFAULT_LOG_COMMAND
 
 
 class PluginConfig(Base, frozen=True):
@@ -108,6 +113,17 @@ class PluginConfig(Base, frozen=True):
     fingerprint_period: Annotated[
         str, _doc("How often the driver re-checks tart and reports to Nomad.")
     ] = "30s"
+    boot_timeout: Annotated[
+        str, _doc("How long a VM may take from tart run until SSH answers.")
+    ] = "10m"
+    image_pull_timeout: Annotated[str, _doc("Longest an image download may take.")] = "60m"
+    image_pull_inactivity_timeout: Annotated[
+        str, _doc("A download that shows no progress for this long is abandoned.")
+    ] = "5m"
+
+    def seconds(self, field: str) -> float:
+        """A duration field in seconds."""
+        return parse_duration(getattr(self, field))
 
     @property
     def fingerprint_period_seconds(self) -> float:
@@ -158,14 +174,23 @@ def decode_plugin_config(data: bytes) -> PluginConfig:
     return config
 
 
+_DURATIONS: Final = (
+    "fingerprint_period",
+    "boot_timeout",
+    "image_pull_timeout",
+    "image_pull_inactivity_timeout",
+)
+
+
 def validate_plugin_config(config: PluginConfig) -> None:
     """Check the values msgspec's types cannot."""
-    try:
-        period = config.fingerprint_period_seconds
-    except ValueError as exc:
-        raise ConfigError("fingerprint_period", str(exc), scope="plugin config") from None
-    if period < 1:
-        raise ConfigError("fingerprint_period", "must be at least 1s", scope="plugin config")
+    for field in _DURATIONS:
+        try:
+            seconds = config.seconds(field)
+        except ValueError as exc:
+            raise ConfigError(field, str(exc), scope="plugin config") from None
+        if seconds < 1:
+            raise ConfigError(field, "must be at least 1s", scope="plugin config")
 
 
 def _one_of(field: str, value: str | None, allowed: tuple[str, ...]) -> None:
@@ -291,6 +316,8 @@ def validate_task_config(config: TaskConfig) -> None:
     for field in ("url", "ssh_user"):
         if not getattr(config, field).strip():
             raise ConfigError(field, "must not be empty")
+    if not config.log_command or not config.log_command[0]:
+        raise ConfigError("log_command", 'must name a command, e.g. ["/usr/bin/log", ...]')
     if config.auth is not None and not config.auth.username:
         raise ConfigError("auth.username", "must not be empty")
     if config.network is not None:

@@ -1,17 +1,33 @@
-"""The driver: plugin config, capabilities, fingerprinting and the task-event fan-out."""
+"""The driver: plugin config, capabilities, fingerprinting, events and the task table."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Final
 
 import trio
 
-from tart_trio import _fingerprint
-from tart_trio._config import PluginConfig, decode_plugin_config
+from tart_trio import _fingerprint, _stats
+from tart_trio._config import PluginConfig, decode_plugin_config, decode_task_config
+from tart_trio._errors import TartTrioError, TaskNotFound
 from tart_trio._events import EventBus
-from tart_trio._model import Capabilities, Fingerprint, PluginInfo, TaskEvent
+from tart_trio._model import (
+    Capabilities,
+    ExitResult,
+    Fingerprint,
+    NomadTask,
+    PluginInfo,
+    ResourceUsage,
+    TaskEvent,
+    TaskStatus,
+)
+from tart_trio._pulls import Pulls
+from tart_trio._recovery import recover_runner
+from tart_trio._state import DriverState, decode_state, encode_state
+from tart_trio._tart.cli import Tart, TartNotFound, locate_tart
+from tart_trio._task import TaskContext, TaskRunner
 from tart_trio._version import __version__
 
 NAME: Final = "tart"
@@ -28,6 +44,19 @@ class Driver:
         self.client_port_range: tuple[int, int] | None = None
         self.events = EventBus()
         self._config_changed = trio.Event()
+        self._tasks: dict[str, TaskRunner] = {}
+        self._recovering: dict[str, trio.Event] = {}
+        self._vm_names: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+        self._pulls: Pulls | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own every task's runner and the shared pulls until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._pulls = Pulls(nursery)
+            task_status.started()
+            await trio.sleep_forever()
 
     def plugin_info(self) -> PluginInfo:
         """Name, version and the plugin API versions we speak."""
@@ -46,9 +75,9 @@ class Driver:
         log.debug("plugin configured", extra={"api_version": api_version})
 
     def capabilities(self) -> Capabilities:
-        """Only what works: no exec or signals yet, the VM is its own image and network."""
+        """What works: stop/destroy/signals; the VM is its own image and network."""
         return Capabilities(
-            send_signals=False,
+            send_signals=True,
             exec=False,
             fs_isolation="image",
             network_isolation_modes=("host",),
@@ -72,3 +101,151 @@ class Driver:
     async def watch_events(self, deliver: Callable[[TaskEvent], Awaitable[None]]) -> None:
         """Deliver every task event until cancelled."""
         await self.events.subscribe(deliver)
+
+    # ---- tasks -----------------------------------------------------------------------
+
+    def _tart(self) -> Tart:
+        path = locate_tart(self.config.tart_path)
+        if path is None:
+            raise TartNotFound("the tart executable was not found (set tart_path)")
+        return Tart(path, self.config.tart_home)
+
+    def _context(self) -> TaskContext:
+        assert self._pulls is not None
+        return TaskContext(
+            tart=self._tart(),
+            pulls=self._pulls,
+            boot_timeout=self.config.seconds("boot_timeout"),
+            pull_timeout=self.config.seconds("image_pull_timeout"),
+            pull_inactivity=self.config.seconds("image_pull_inactivity_timeout"),
+        )
+
+    def _emitter(self, task: NomadTask) -> Callable[[str, dict[str, str]], None]:
+        def emit(message: str, annotations: dict[str, str]) -> None:
+            self.events.publish(
+                TaskEvent(
+                    task_id=task.id,
+                    alloc_id=task.alloc_id,
+                    task_name=task.name,
+                    timestamp=datetime.now(UTC),
+                    message=message,
+                    annotations=annotations,
+                )
+            )
+            log.info(message, extra={"alloc_id": task.alloc_id, "task": task.name})
+
+        return emit
+
+    def _claim_vm_name(self, task: NomadTask) -> str:
+        """``nomad-<alloc_id>``; a second tart task of the allocation adds its task name."""
+        base = f"nomad-{task.alloc_id}"
+        for name in (base, f"{base}-{task.name}"):
+            if name not in self._vm_names:
+                self._vm_names.add(name)
+                return name
+        raise TartTrioError(f"a VM for task {task.name!r} of {task.alloc_id} already runs")
+
+    async def start_task(self, task: NomadTask, msgpack_config: bytes) -> tuple[bytes, str]:
+        """Validate, clone, configure and boot the VM; return the driver state."""
+        if not self.config.enabled:
+            raise TartTrioError("the tart driver is disabled (enabled = false)")
+        if task.id in self._tasks:
+            raise TartTrioError(f"task {task.id} is already running")
+        config = decode_task_config(msgpack_config)
+        ctx = self._context()
+        vm_name = self._claim_vm_name(task)
+        emit = self._emitter(task)
+        emit(f"Starting VM {vm_name} from {config.url}", {"vm": vm_name})
+        runner = TaskRunner(task, config, vm_name, ctx, emit)
+        self._tasks[task.id] = runner
+        assert self._nursery is not None
+        try:
+            state: DriverState = await self._nursery.start(runner.run)
+        except BaseException:
+            self._tasks.pop(task.id, None)
+            self._vm_names.discard(vm_name)
+            raise
+        return encode_state(state), state.ip
+
+    def _runner(self, task_id: str) -> TaskRunner:
+        runner = self._tasks.get(task_id)
+        if runner is None:
+            raise TaskNotFound(task_id)
+        return runner
+
+    async def recover_task(self, task: NomadTask, driver_state: bytes) -> None:
+        """Reattach to a VM started by an earlier plugin process; never start it again."""
+        if task.id in self._tasks:
+            return
+        pending = self._recovering.get(task.id)
+        if pending is not None:
+            await pending.wait()
+            self._runner(task.id)
+            return
+        self._recovering[task.id] = done = trio.Event()
+        try:
+            state = decode_state(driver_state)
+            runner = await recover_runner(task, state, self._context(), self._emitter(task))
+            self._vm_names.add(state.vm_name)
+            self._tasks[task.id] = runner
+            assert self._nursery is not None
+            self._nursery.start_soon(runner.watch_recovered)
+        finally:
+            del self._recovering[task.id]
+            done.set()
+
+    async def wait_task(self, task_id: str) -> ExitResult:
+        """Block until the task's VM ends; answer at once afterwards."""
+        runner = self._runner(task_id)
+        await runner.exited.wait()
+        assert runner.result is not None
+        return runner.result
+
+    async def stop_task(self, task_id: str, budget: float, signal: str) -> None:
+        """Shut the VM down within ``budget`` seconds; return once it is down."""
+        runner = self._tasks.get(task_id)
+        if runner is None:
+            return  # already gone: stopping it is done
+        await runner.stop(budget, signal)
+
+    async def destroy_task(self, task_id: str, force: bool) -> None:
+        """Stop if needed, delete the VM bundle, forget the task. Idempotent."""
+        runner = self._tasks.get(task_id)
+        if runner is None:
+            return
+        if runner.phase != "exited" and not force:
+            raise TartTrioError(f"task {task_id} is still running; stop it or use force")
+        await runner.destroy()
+        self._tasks.pop(task_id, None)
+        self._vm_names.discard(runner.vm_name)
+
+    def inspect_task(self, task_id: str) -> TaskStatus:
+        """The task's state, timestamps, result and attributes (VM name, IP)."""
+        runner = self._runner(task_id)
+        attributes = {"vm_name": runner.vm_name}
+        if runner.state is not None:
+            attributes["ip"] = runner.state.ip
+        return TaskStatus(
+            id=task_id,
+            name=runner.task.name,
+            phase=runner.phase,
+            started_at=runner.started_at,
+            completed_at=runner.completed_at,
+            result=runner.result,
+            attributes=attributes,
+        )
+
+    async def signal_task(self, task_id: str, signal: str) -> None:
+        """Deliver a signal as documented in the README's signal mapping."""
+        await self._runner(task_id).signal(signal)
+
+    async def watch_stats(
+        self, task_id: str, interval: float, deliver: Callable[[ResourceUsage], Awaitable[None]]
+    ) -> None:
+        """Sample the VM's processes every ``interval`` until the task ends or we are cancelled."""
+        runner = self._runner(task_id)
+        sampler = _stats.Sampler(runner.process_roots)
+        while not runner.exited.is_set():
+            await deliver(await sampler.sample())
+            with trio.move_on_after(max(interval, 0.1)):
+                await runner.exited.wait()

@@ -49,3 +49,60 @@ class TaskEvent(msgspec.Struct, frozen=True):
     timestamp: datetime
     message: str
     annotations: dict[str, str] = {}
+
+
+class ExitResult(msgspec.Struct, frozen=True):
+    """How a task ended. ``err`` is set only when it did not end by itself."""
+
+    exit_code: int = 0
+    signal: int = 0
+    oom_killed: bool = False
+    err: str = ""
+
+
+class NomadTask(msgspec.Struct, frozen=True, kw_only=True):
+    """The parts of Nomad's TaskConfig the driver uses (never the task's environment)."""
+
+    id: str
+    name: str
+    alloc_id: str
+    alloc_dir: str
+    stdout_path: str = ""
+    stderr_path: str = ""
+    job_name: str = ""
+    task_group_name: str = ""
+    namespace: str = ""
+    cpuset_cpus: str = ""
+    cpu_shares: int = 0
+    memory_mb: int = 0
+    memory_max_mb: int = 0
+
+    @property
+    def reserved_cores(self) -> int:
+        """Cores reserved with ``resources.cores`` (0 when only cpu MHz was asked for)."""
+        return len([c for c in self.cpuset_cpus.split(",") if c.strip()])
+
+
+TaskPhase = Literal["starting", "running", "exited"]
+
+
+class TaskStatus(msgspec.Struct, frozen=True):
+    """InspectTask's answer."""
+
+    id: str
+    name: str
+    phase: TaskPhase
+    started_at: datetime
+    completed_at: datetime | None
+    result: ExitResult | None
+    attributes: dict[str, str]
+
+
+class ResourceUsage(msgspec.Struct, frozen=True):
+    """One TaskStats sample of the processes that make up the VM."""
+
+    timestamp: datetime
+    cpu_percent: float
+    cpu_total_ticks: float
+    rss_bytes: int
+    by_pid: dict[str, tuple[float, int]] = {}

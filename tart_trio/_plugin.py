@@ -77,6 +77,7 @@ async def serve(env: Mapping[str, str]) -> int:
     stop = trio.Event()
     try:
         async with _bridge.open_loop(), trio.open_nursery() as nursery:
+            await nursery.start(driver.run)
             server = Server(
                 [
                     BasePlugin(driver),

@@ -7,7 +7,16 @@ from datetime import datetime
 from google.protobuf import timestamp_pb2
 
 from tart_trio import _hclspec
-from tart_trio._model import Capabilities, Fingerprint, PluginInfo, TaskEvent
+from tart_trio._model import (
+    Capabilities,
+    ExitResult,
+    Fingerprint,
+    NomadTask,
+    PluginInfo,
+    ResourceUsage,
+    TaskEvent,
+    TaskStatus,
+)
 from tart_trio._proto.hashicorp.nomad.plugins.base import base_pb2
 from tart_trio._proto.hashicorp.nomad.plugins.drivers import driver_pb2
 from tart_trio._proto.hashicorp.nomad.plugins.shared.hclspec import hcl_spec_pb2
@@ -129,4 +138,107 @@ def task_event(event: TaskEvent) -> driver_pb2.DriverTaskEvent:
         timestamp=timestamp(event.timestamp),
         message=event.message,
         annotations=dict(event.annotations),
+    )
+
+
+GO_ZERO_TIME = -62135596800  # Go's zero time.Time, what Go drivers send for "not yet"
+
+
+def nomad_task(task: driver_pb2.TaskConfig) -> NomadTask:
+    """The fields of Nomad's TaskConfig the driver uses (the env stays in the rpc layer)."""
+    resources = task.resources
+    allocated = resources.allocated_resources
+    return NomadTask(
+        id=task.id,
+        name=task.name,
+        alloc_id=task.alloc_id,
+        alloc_dir=task.alloc_dir,
+        stdout_path=task.stdout_path,
+        stderr_path=task.stderr_path,
+        job_name=task.job_name,
+        task_group_name=task.task_group_name,
+        namespace=task.namespace,
+        cpuset_cpus=resources.linux_resources.cpuset_cpus,
+        cpu_shares=allocated.cpu.cpu_shares,
+        memory_mb=allocated.memory.memory_mb,
+        memory_max_mb=allocated.memory.memory_max_mb,
+    )
+
+
+def exit_result(result: ExitResult | None) -> driver_pb2.ExitResult:
+    """An ExitResult (always present: Nomad dereferences it)."""
+    if result is None:
+        return driver_pb2.ExitResult()
+    return driver_pb2.ExitResult(
+        exit_code=result.exit_code, signal=result.signal, oom_killed=result.oom_killed
+    )
+
+
+def wait_response(result: ExitResult) -> driver_pb2.WaitTaskResponse:
+    """WaitTask's answer; ``err`` only when the VM did not end by itself."""
+    return driver_pb2.WaitTaskResponse(result=exit_result(result), err=result.err)
+
+
+_PHASES = {
+    "starting": driver_pb2.RUNNING,
+    "running": driver_pb2.RUNNING,
+    "exited": driver_pb2.EXITED,
+}
+
+
+def task_status(status: TaskStatus) -> driver_pb2.InspectTaskResponse:
+    """InspectTask's answer with both timestamps set."""
+    completed = (
+        timestamp(status.completed_at)
+        if status.completed_at is not None
+        else timestamp_pb2.Timestamp(seconds=GO_ZERO_TIME)
+    )
+    return driver_pb2.InspectTaskResponse(
+        task=driver_pb2.TaskStatus(
+            id=status.id,
+            name=status.name,
+            state=_PHASES[status.phase],
+            started_at=timestamp(status.started_at),
+            completed_at=completed,
+            result=exit_result(status.result),
+        ),
+        driver=driver_pb2.TaskDriverStatus(attributes=status.attributes),
+    )
+
+
+def _usage(percent: float, ticks: float, rss: int) -> driver_pb2.TaskResourceUsage:
+    return driver_pb2.TaskResourceUsage(
+        cpu=driver_pb2.CPUUsage(
+            percent=percent,
+            total_ticks=ticks,
+            measured_fields=[driver_pb2.CPUUsage.PERCENT, driver_pb2.CPUUsage.TOTAL_TICKS],
+        ),
+        memory=driver_pb2.MemoryUsage(rss=rss, measured_fields=[driver_pb2.MemoryUsage.RSS]),
+    )
+
+
+def task_stats(task_id: str, usage: ResourceUsage) -> driver_pb2.TaskStatsResponse:
+    """A TaskStats sample; timestamp and aggregate usage are always set."""
+    return driver_pb2.TaskStatsResponse(
+        stats=driver_pb2.TaskStats(
+            id=task_id,
+            timestamp=timestamp(usage.timestamp),
+            agg_resource_usage=_usage(usage.cpu_percent, usage.cpu_total_ticks, usage.rss_bytes),
+            resource_usage_by_pid={
+                pid: _usage(cpu, 0.0, rss) for pid, (cpu, rss) in usage.by_pid.items()
+            },
+        )
+    )
+
+
+def start_response(
+    request: driver_pb2.StartTaskRequest, driver_state: bytes, ip: str
+) -> driver_pb2.StartTaskResponse:
+    """The handle Nomad persists: the received TaskConfig echoed, version 1, RUNNING."""
+    return driver_pb2.StartTaskResponse(
+        result=driver_pb2.StartTaskResponse.SUCCESS,
+        handle=driver_pb2.TaskHandle(
+            version=1, config=request.task, state=driver_pb2.RUNNING, driver_state=driver_state
+        ),
+        network_override=driver_pb2.NetworkOverride(addr=ip),
     )

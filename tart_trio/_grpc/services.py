@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
@@ -12,7 +13,7 @@ from tart_trio._driver import Driver
 from tart_trio._grpc import convert
 from tart_trio._grpc.status import translate_errors
 from tart_trio._hclspec import object_spec
-from tart_trio._model import Fingerprint, TaskEvent
+from tart_trio._model import Fingerprint, ResourceUsage, TaskEvent
 from tart_trio._proto.hashicorp.nomad.plugins.base import base_grpc, base_pb2
 from tart_trio._proto.hashicorp.nomad.plugins.drivers import driver_grpc
 from tart_trio._proto.hashicorp.nomad.plugins.drivers import driver_pb2 as pb
@@ -109,35 +110,79 @@ class DriverService(driver_grpc.DriverBase):
 
         await run_trio(self._driver.watch_events, deliver)
 
+    @translate_errors
     async def RecoverTask(
         self, stream: Stream[pb.RecoverTaskRequest, pb.RecoverTaskResponse]
     ) -> None:
-        raise _unimplemented("RecoverTask")
+        request = await stream.recv_message()
+        assert request is not None
+        task = convert.nomad_task(request.handle.config)
+        if request.task_id and not task.id:
+            task = msgspec.structs.replace(task, id=request.task_id)
+        await run_trio(self._driver.recover_task, task, request.handle.driver_state)
+        await stream.send_message(pb.RecoverTaskResponse())
 
+    @translate_errors
     async def StartTask(self, stream: Stream[pb.StartTaskRequest, pb.StartTaskResponse]) -> None:
-        raise _unimplemented("StartTask")
+        request = await stream.recv_message()
+        assert request is not None
+        task = convert.nomad_task(request.task)
+        state, ip = await run_trio(
+            self._driver.start_task, task, request.task.msgpack_driver_config
+        )
+        await stream.send_message(convert.start_response(request, state, ip))
 
+    @translate_errors
     async def WaitTask(self, stream: Stream[pb.WaitTaskRequest, pb.WaitTaskResponse]) -> None:
-        raise _unimplemented("WaitTask")
+        request = await stream.recv_message()
+        assert request is not None
+        result = await run_trio(self._driver.wait_task, request.task_id)
+        await stream.send_message(convert.wait_response(result))
 
+    @translate_errors
     async def StopTask(self, stream: Stream[pb.StopTaskRequest, pb.StopTaskResponse]) -> None:
-        raise _unimplemented("StopTask")
+        request = await stream.recv_message()
+        assert request is not None
+        timeout = request.timeout.ToTimedelta().total_seconds()
+        await run_trio(self._driver.stop_task, request.task_id, timeout, request.signal)
+        await stream.send_message(pb.StopTaskResponse())
 
+    @translate_errors
     async def DestroyTask(
         self, stream: Stream[pb.DestroyTaskRequest, pb.DestroyTaskResponse]
     ) -> None:
-        raise _unimplemented("DestroyTask")
+        request = await stream.recv_message()
+        assert request is not None
+        await run_trio(self._driver.destroy_task, request.task_id, request.force)
+        await stream.send_message(pb.DestroyTaskResponse())
 
+    @translate_errors
     async def InspectTask(
         self, stream: Stream[pb.InspectTaskRequest, pb.InspectTaskResponse]
     ) -> None:
-        raise _unimplemented("InspectTask")
+        request = await stream.recv_message()
+        assert request is not None
+        status = self._driver.inspect_task(request.task_id)
+        await stream.send_message(convert.task_status(status))
 
+    @translate_errors
     async def TaskStats(self, stream: Stream[pb.TaskStatsRequest, pb.TaskStatsResponse]) -> None:
-        raise _unimplemented("TaskStats")
+        request = await stream.recv_message()
+        assert request is not None
+        task_id = request.task_id
+        interval = request.collection_interval.ToTimedelta().total_seconds() or 1.0
 
+        async def deliver(usage: ResourceUsage) -> None:
+            await run_aio(stream.send_message, convert.task_stats(task_id, usage))
+
+        await run_trio(self._driver.watch_stats, task_id, interval, deliver)
+
+    @translate_errors
     async def SignalTask(self, stream: Stream[pb.SignalTaskRequest, pb.SignalTaskResponse]) -> None:
-        raise _unimplemented("SignalTask")
+        request = await stream.recv_message()
+        assert request is not None
+        await run_trio(self._driver.signal_task, request.task_id, request.signal)
+        await stream.send_message(pb.SignalTaskResponse())
 
     async def ExecTask(self, stream: Stream[pb.ExecTaskRequest, pb.ExecTaskResponse]) -> None:
         raise _unimplemented("ExecTask")

@@ -1,0 +1,38 @@
+"""RecoverTask: rebuild a TaskRunner from ``driver_state`` without touching the VM."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tart_trio import _proc
+from tart_trio._errors import TartTrioError
+from tart_trio._model import NomadTask
+from tart_trio._state import DriverState
+from tart_trio._task import TaskContext, TaskRunner, read_status
+
+
+class VMVanished(TartTrioError):
+    """Neither the VM's supervisor nor its exit status exists any more."""
+
+
+async def recover_runner(
+    task: NomadTask,
+    state: DriverState,
+    ctx: TaskContext,
+    emit: Callable[[str, dict[str, str]], None],
+) -> TaskRunner:
+    """A runner attached to the VM ``state`` describes: running, or already exited."""
+    runner = TaskRunner(task, state.task_config, state.vm_name, ctx, emit)
+    runner.adopt(state)
+    if _proc.alive(state.supervisor_pid, state.supervisor_token):
+        emit(f"Reattached to VM {state.vm_name}", {"vm": state.vm_name})
+        return runner
+    status = read_status(Path(state.status_file))
+    if status is None:
+        raise VMVanished(
+            f"VM {state.vm_name} is gone: its supervisor (pid {state.supervisor_pid}) is not "
+            "running and left no exit status"
+        )
+    runner.finish(status)
+    return runner

@@ -1,0 +1,488 @@
+"""One Nomad task: a Tart VM and everything that lives as long as it does.
+
+A TaskRunner runs in the driver's nursery. Its own nursery owns the exit watcher, the
+guest log stream and nothing else, so stopping or destroying a task is one cancel. The VM
+itself deliberately outlives the plugin process: ``tart run`` belongs to a detached
+supervisor that records its exit status (see ``_supervisor``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from tart_trio import _guest, _proc
+from tart_trio._config import TaskConfig, network_mode
+from tart_trio._errors import RecoverableError, TartTrioError
+from tart_trio._fifo import FifoWriter
+from tart_trio._model import ExitResult, NomadTask, TaskPhase
+from tart_trio._pulls import Pulls
+from tart_trio._state import DriverState
+from tart_trio._tart import argv as tart_argv
+from tart_trio._tart import images
+from tart_trio._tart.cli import Tart, TartCommandError
+
+log = logging.getLogger("task")
+
+VM_LIMIT_TEXT: Final = "exceeds the system limit"
+TART_CALL_SECONDS: Final = 120.0
+FORCE_SECONDS: Final = 15.0
+SHUTDOWN_SSH_SECONDS: Final = 5.0
+LOG_RETRY_MAX: Final = 10.0
+PROGRESS_EVERY: Final = 10.0
+GRACEFUL_SIGNALS: Final = frozenset({"", "SIGINT", "SIGTERM", "SIGQUIT", "INT", "TERM", "QUIT"})
+POWER_OFF_SIGNALS: Final = frozenset({"SIGKILL", "KILL"})
+
+
+class TaskStopped(TartTrioError):
+    """The task was stopped before it finished starting."""
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a task needs from the driver: tart, shared pulls and the plugin's timeouts."""
+
+    tart: Tart
+    pulls: Pulls
+    boot_timeout: float
+    pull_timeout: float
+    pull_inactivity: float
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class TaskRunner:
+    """Lifecycle of one task's VM."""
+
+    def __init__(
+        self,
+        task: NomadTask,
+        config: TaskConfig,
+        vm_name: str,
+        ctx: TaskContext,
+        emit: Callable[[str, dict[str, str]], None],
+    ) -> None:
+        self.task = task
+        self.config = config
+        self.vm_name = vm_name
+        self.ctx = ctx
+        self._emit = emit
+        self.phase: TaskPhase = "starting"
+        self.started_at = _now()
+        self.completed_at: datetime | None = None
+        self.result: ExitResult | None = None
+        self.exited = trio.Event()
+        self.state: DriverState | None = None
+        self.runtime_dir = Path(task.alloc_dir) / task.name / ".tart-driver"
+        self._scope = trio.CancelScope()
+        self._stop_requested = False
+        self._cloned = False
+        self.supervisor: tuple[int, str | None] | None = None
+
+    # ---- start -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[DriverState]) -> None:
+        """Provision, boot and watch the VM; report the driver state once it is reachable."""
+        with self._scope:
+            try:
+                state = await self._start()
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self._rollback()
+                self.finish(ExitResult(exit_code=1, err="the task did not start"))
+                if self._scope.cancel_called and self._stop_requested:
+                    raise TaskStopped(
+                        "the task was stopped before its VM finished starting"
+                    ) from None
+                raise
+            self.state = state
+            self.phase = "running"
+            task_status.started(state)
+            await self.watch(state)
+
+    async def _start(self) -> DriverState:
+        tart = self.ctx.tart
+        await self._clone(tart)
+        await self._configure(tart)
+        supervisor_pid, token = await self._launch(tart)
+        self._emit(f"VM {self.vm_name} started", {"vm": self.vm_name})
+        with trio.move_on_after(self.ctx.boot_timeout) as boot:
+            ip, host_key = await self._wait_reachable(tart, supervisor_pid, token)
+        if boot.cancelled_caught:
+            raise RecoverableError(
+                f"VM {self.vm_name} was not reachable over SSH within "
+                f"{self.ctx.boot_timeout:.0f}s (boot_timeout)"
+            )
+        self._emit(f"VM reachable at {ip}", {"vm": self.vm_name, "ip": ip})
+        return DriverState(
+            vm_name=self.vm_name,
+            task_config=self.config,
+            supervisor_pid=supervisor_pid,
+            supervisor_token=token,
+            runtime_dir=str(self.runtime_dir),
+            status_file=str(self.runtime_dir / "status.json"),
+            tart_path=tart.path,
+            tart_home=tart.home,
+            started_at=self.started_at.timestamp(),
+            ip=ip,
+            host_key=host_key,
+            stdout_path=self.task.stdout_path,
+            stderr_path=self.task.stderr_path,
+        )
+
+    def _credentials(self) -> dict[str, str]:
+        """Registry credentials for this task's tart calls only (never argv, never stored)."""
+        if self.config.auth is None:
+            return {}
+        env = {
+            "TART_REGISTRY_USERNAME": self.config.auth.username,
+            "TART_REGISTRY_PASSWORD": self.config.auth.password,
+        }
+        host = self.config.url.split("/", 1)[0]
+        return {**env, "TART_REGISTRY_HOSTNAME": host}
+
+    async def _clone(self, tart: Tart) -> None:
+        url = self.config.url
+        if images.is_remote(url):
+            with trio.fail_after(TART_CALL_SECONDS):
+                cached = images.canonical(url) in await images.cached_names(tart)
+            if not cached:
+                await self._pull(tart, url)
+        self._cloned = True
+        with trio.fail_after(TART_CALL_SECONDS):
+            await tart.run("clone", url, self.vm_name, extra_env=self._credentials())
+
+    async def _pull(self, tart: Tart, url: str) -> None:
+        self._emit(f"Downloading image {url}", {"image": url})
+        began = trio.current_time()
+        last_report = -PROGRESS_EVERY
+
+        def progress(percent: int) -> None:
+            nonlocal last_report
+            now = trio.current_time()
+            if now - last_report >= PROGRESS_EVERY or percent == 100:
+                last_report = now
+                self._emit(
+                    f"Downloading image {url}: {percent}%", {"image": url, "percent": str(percent)}
+                )
+
+        try:
+            await self.ctx.pulls.pull(
+                tart,
+                url,
+                self._credentials(),
+                timeout_seconds=self.ctx.pull_timeout,
+                inactivity_seconds=self.ctx.pull_inactivity,
+                on_progress=progress,
+            )
+        except TartCommandError as exc:
+            self._emit(f"Downloading image {url} failed: {exc.stderr or exc}", {"image": url})
+            raise RecoverableError(f"pulling image {url} failed: {exc}") from exc
+        took = trio.current_time() - began
+        self._emit(f"Downloaded image {url} in {took:.0f}s", {"image": url})
+
+    async def _configure(self, tart: Tart) -> None:
+        cpus = self.task.reserved_cores
+        if not cpus:
+            self._emit(
+                "no reserved cores (resources.cores); the VM keeps its image's CPU count",
+                {"vm": self.vm_name},
+            )
+        argv = tart_argv.set_argv(
+            self.vm_name, cpus or None, self.task.memory_mb or None, self.config.disk_size
+        )
+        with trio.fail_after(TART_CALL_SECONDS):
+            await tart.run(*argv)
+
+    async def _launch(self, tart: Tart) -> tuple[int, str | None]:
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("status.json", "tart-run.pid"):
+            (self.runtime_dir / stale).unlink(missing_ok=True)
+        secrets = str(Path(self.task.alloc_dir) / self.task.name / "secrets")
+        run = [tart.path, *tart_argv.run_argv(self.vm_name, self.config, secrets)]
+        command = [
+            sys.executable,
+            "-m",
+            "tart_trio._supervisor",
+            "--status-file",
+            str(self.runtime_dir / "status.json"),
+            "--pid-file",
+            str(self.runtime_dir / "tart-run.pid"),
+            "--log-file",
+            str(self.runtime_dir / "tart-run.log"),
+            "--stderr-fifo",
+            self.task.stderr_path or os.devnull,
+            "--",
+            *run,
+        ]
+        result = await trio.run_process(
+            command,
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            env=tart.env,
+            start_new_session=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise TartTrioError(f"cannot start the VM supervisor: {result.stderr.decode()}")
+        pid = int(result.stdout.split()[0])
+        self.supervisor = (pid, _proc.start_time(pid))
+        return self.supervisor
+
+    async def _wait_reachable(
+        self, tart: Tart, supervisor_pid: int, token: str | None
+    ) -> tuple[str, str]:
+        async with trio.open_nursery() as nursery:
+            outcome: list[tuple[str, str]] = []
+
+            async def watch_early_exit() -> None:
+                await _proc.wait_exit(supervisor_pid, token)
+                nursery.cancel_scope.cancel()
+
+            async def discover() -> None:
+                ip = await self._discover_ip(tart)
+                address = _guest.GuestAddress(
+                    host=ip, user=self.config.ssh_user, password=self.config.ssh_password
+                )
+                outcome.append((ip, await _guest.wait_for_guest(address)))
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_early_exit)
+            nursery.start_soon(discover)
+        if outcome:
+            return outcome[0]
+        raise self._early_exit_error()
+
+    async def _discover_ip(self, tart: Tart) -> str:
+        """``tart ip --wait``; bridged VMs are not in the DHCP leases, so ask ARP."""
+        resolver = ["--resolver", "arp"] if network_mode(self.config.network) == "bridged" else []
+        while True:
+            try:
+                out = await tart.run("ip", self.vm_name, "--wait", "30", *resolver)
+            except TartCommandError:
+                await trio.sleep(1)
+                continue
+            return out.strip()
+
+    def _early_exit_error(self) -> TartTrioError:
+        status = read_status(self.runtime_dir / "status.json")
+        output = _tail(self.runtime_dir / "tart-run.log")
+        code = status.exit_code if status is not None else -1
+        message = f"`tart run {self.vm_name}` exited with code {code} before the VM was up"
+        if output:
+            message += f": {output}"
+        if VM_LIMIT_TEXT in output:
+            return RecoverableError(message + " (Apple allows two macOS VMs per host)")
+        return TartTrioError(message)
+
+    async def _rollback(self) -> None:
+        """Undo a partial start: no VM, supervisor or bundle may be left behind."""
+        with trio.move_on_after(FORCE_SECONDS + TART_CALL_SECONDS):
+            await self._force_down()
+            if self._cloned:
+                await self._delete_vm()
+
+    # ---- running ---------------------------------------------------------------------
+
+    async def watch(self, state: DriverState) -> None:
+        """Own the exit watcher and the log stream until the VM ends."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump_logs, state)
+            await _proc.wait_exit(state.supervisor_pid, state.supervisor_token)
+            nursery.cancel_scope.cancel()
+        status = read_status(Path(state.status_file))
+        if status is None:
+            status = ExitResult(
+                exit_code=1, err="the VM supervisor ended without an exit status; the VM was lost"
+            )
+        self.finish(status)
+
+    def finish(self, result: ExitResult) -> None:
+        if self.exited.is_set():
+            return
+        self.result = result
+        self.phase = "exited"
+        self.completed_at = _now()
+        self.exited.set()
+        if result.err:
+            self._emit(f"VM {self.vm_name} ended: {result.err}", {"vm": self.vm_name})
+        else:
+            self._emit(
+                f"VM {self.vm_name} exited with code {result.exit_code}",
+                {"vm": self.vm_name, "exit_code": str(result.exit_code)},
+            )
+
+    def adopt(self, state: DriverState) -> None:
+        """Take over a VM an earlier plugin process started (recovery)."""
+        self.state = state
+        self.phase = "running"
+        self.started_at = datetime.fromtimestamp(state.started_at, UTC)
+        self.runtime_dir = Path(state.runtime_dir)
+        self.supervisor = (state.supervisor_pid, state.supervisor_token)
+        self._cloned = True
+
+    async def watch_recovered(self) -> None:
+        """Watch a recovered VM (nothing to do when it had already exited)."""
+        if self.state is None or self.exited.is_set():
+            return
+        with self._scope:
+            await self.watch(self.state)
+
+    def process_roots(self) -> tuple[list[int], str]:
+        """Processes that make up the VM: the supervisor tree, and the VM's disk image."""
+        roots = [self.supervisor[0]] if self.supervisor else []
+        home = self.ctx.tart.home or os.path.join(os.path.expanduser("~"), ".tart")
+        return roots, os.path.join(home, "vms", self.vm_name, "disk.img")
+
+    async def signal(self, name: str) -> None:
+        """SIGTERM/SIGINT/SIGQUIT: graceful guest shutdown; SIGKILL: power off."""
+        upper = name.upper()
+        if self.phase != "running" or self.state is None:
+            raise TartTrioError(f"task {self.task.id} is not running")
+        if upper in GRACEFUL_SIGNALS and upper:
+            await self._guest_shutdown(self.state)
+            return
+        if upper in POWER_OFF_SIGNALS:
+            await self._tart_stop(0)
+            return
+        raise TartTrioError(
+            f"signal {name!r} is not supported by the tart driver: a VM has no single main "
+            "process. Use SIGTERM, SIGINT or SIGQUIT (graceful guest shutdown) or SIGKILL "
+            "(power off); to signal a process inside the guest use `nomad alloc exec`"
+        )
+
+    async def _pump_logs(self, state: DriverState) -> None:
+        writer = FifoWriter(state.stdout_path)
+        address = _guest.GuestAddress(
+            host=state.ip,
+            user=self.config.ssh_user,
+            password=self.config.ssh_password,
+            host_key=state.host_key,
+        )
+        delay = 0.5
+        try:
+            while True:
+                try:
+                    async with _guest.open_guest(address) as guest:
+                        delay = 0.5
+                        await guest.stream(self.config.log_command, writer.write)
+                except _guest.HostKeyMismatch as exc:
+                    self._emit(str(exc), {"vm": self.vm_name})
+                    return
+                except _guest.GuestError as exc:
+                    log.debug(
+                        "log stream unavailable", extra={"vm": self.vm_name, "error": str(exc)}
+                    )
+                await trio.sleep(delay)
+                delay = min(delay * 2, LOG_RETRY_MAX)
+        finally:
+            writer.close()
+
+    # ---- stop / destroy ----------------------------------------------------------------
+
+    async def stop(self, budget: float, signal_name: str) -> None:
+        """One budget: ask the guest to shut down, power off, then force; return when down."""
+        if self.phase == "exited":
+            return
+        if self.phase == "starting" or self.state is None:
+            self._stop_requested = True
+            self._scope.cancel()
+            await self.exited.wait()
+            return
+        name = signal_name.upper()
+        with trio.move_on_after(max(budget, 0)):
+            if name not in POWER_OFF_SIGNALS:
+                await self._guest_shutdown(self.state)
+                with trio.move_on_after(max(budget / 2, 1)):
+                    await self.exited.wait()
+            if not self.exited.is_set():
+                await self._tart_stop(budget)
+            await self.exited.wait()
+        if not self.exited.is_set():
+            await self._force_down()
+            await self.exited.wait()
+
+    async def _guest_shutdown(self, state: DriverState) -> None:
+        address = _guest.GuestAddress(
+            host=state.ip,
+            user=self.config.ssh_user,
+            password=self.config.ssh_password,
+            host_key=state.host_key,
+        )
+        with trio.move_on_after(SHUTDOWN_SSH_SECONDS):
+            try:
+                async with _guest.open_guest(address) as guest:
+                    await guest.shutdown()
+            except _guest.GuestError as exc:
+                log.info(
+                    "guest shutdown over SSH failed; powering off",
+                    extra={"vm": self.vm_name, "error": str(exc)},
+                )
+
+    async def _tart_stop(self, grace: float) -> None:
+        with trio.move_on_after(TART_CALL_SECONDS):
+            try:
+                await self.ctx.tart.run("stop", self.vm_name, "--timeout", str(max(int(grace), 0)))
+            except TartCommandError as exc:
+                log.debug("tart stop", extra={"vm": self.vm_name, "error": str(exc)})
+
+    async def _force_down(self) -> None:
+        """SIGTERM the supervisor (it SIGKILLs ``tart run``) and wait for it to end."""
+        if self.supervisor is None:
+            return
+        pid, token = self.supervisor
+        _proc.signal_process(pid, token, signal.SIGTERM)
+        with trio.move_on_after(FORCE_SECONDS):
+            await _proc.wait_exit(pid, token)
+
+    async def _delete_vm(self) -> None:
+        for _ in range(3):
+            try:
+                with trio.fail_after(TART_CALL_SECONDS):
+                    await self.ctx.tart.run("delete", self.vm_name)
+                return
+            except TartCommandError as exc:
+                if exc.returncode == 2:  # does not exist
+                    return
+                await self._tart_stop(0)
+            except trio.TooSlowError:
+                return
+
+    async def destroy(self) -> None:
+        """Stop if needed, delete the VM bundle and the runtime files."""
+        if self.phase != "exited":
+            await self.stop(0, "SIGKILL")
+        self._scope.cancel()
+        await self._delete_vm()
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+def read_status(path: Path) -> ExitResult | None:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return ExitResult(exit_code=int(raw.get("exit_code", 0)), signal=int(raw.get("signal", 0)))
+
+
+def _tail(path: Path, limit: int = 600) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    return " ".join(text[-limit:].split())
