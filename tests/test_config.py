@@ -213,5 +213,6 @@ def test_task_config_struct_is_the_documented_one() -> None:
         "network",
         "root_disk",
         "directory",
+        "log_command",
     }
     assert {n for n, f in fields.items() if f.required} == {"url", "ssh_user", "ssh_password"}

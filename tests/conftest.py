@@ -1,0 +1,3 @@
+"""Shared pytest configuration: the fake Tart host fixtures."""
+
+pytest_plugins = ["tests.faketart.fixtures"]

@@ -1,0 +1,40 @@
+"""Programs installed into every fake guest (written into the guest's overlay).
+
+The programs live in ``guest-tools/``.  They must be self-contained: they run
+as the guest user inside the guest, where this package is not importable.
+``@PYTHON@`` in a file is replaced by a Python interpreter that exists inside
+the guest.
+"""
+
+from __future__ import annotations
+
+import os
+
+TOOLS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guest-tools")
+
+# guest path -> file in guest-tools/
+INSTALL = {
+    "/usr/bin/log": "log",
+    "/usr/bin/sudo": "sudo",
+    "/usr/sbin/shutdown": "shutdown",
+    "/usr/sbin/halt": "shutdown",
+    "/usr/sbin/poweroff": "shutdown",
+    "/usr/sbin/reboot": "shutdown",
+    "/sbin/shutdown": "shutdown",
+    "/sbin/halt": "shutdown",
+    "/sbin/poweroff": "shutdown",
+    "/sbin/reboot": "shutdown",
+    "/usr/local/bin/mount_virtiofs": "mount_virtiofs",
+}
+
+
+def load(python: str) -> dict[str, bytes]:
+    """{guest path: file content} with ``@PYTHON@`` replaced by *python*."""
+    cache: dict[str, bytes] = {}
+    res = {}
+    for guest_path, name in INSTALL.items():
+        if name not in cache:
+            with open(os.path.join(TOOLS_DIR, name), "rb") as f:
+                cache[name] = f.read().replace(b"@PYTHON@", python.encode())
+        res[guest_path] = cache[name]
+    return res

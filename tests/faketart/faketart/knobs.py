@@ -1,0 +1,125 @@
+"""Failure knobs: defaults, the control file and per-image knobs.
+
+``$TART_HOME/faketart-control.json``::
+
+    {
+      "vms":    {"<glob on VM name>": {<knobs>}, ...},
+      "images": {"<glob on normalised image ref>": {<knobs>}, ...}
+    }
+
+Effective knobs for a VM = DEFAULTS <- knobs the image carried at clone time
+<- matching ``images`` entries (by the VM's source ref) <- matching ``vms``
+entries, each group applied in file order.  The file is re-read whenever its
+mtime/size changes, so tests may edit it while a VM runs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+
+DEFAULTS: dict = {
+    "boot_delay": 0.0,  # s from `tart run` start until sshd listens
+    "no_ip_for": 0.0,  # s after boot before a DHCP lease / IP shows up
+    "crash_after": None,  # s after `tart run` start: VM dies
+    "crash_exit_code": 1,
+    "crash_message": (
+        'Error: Error Domain=VZErrorDomain Code=1 "The virtual machine stopped unexpectedly." '
+        "UserInfo={NSLocalizedFailure=Internal Virtualization error., "
+        "NSLocalizedFailureReason=The virtual machine stopped unexpectedly.}"
+    ),
+    "ip_change_after": None,  # s after the IP first became visible: guest gets a new address
+    "start_failure": None,  # true | "message" | {"message": str, "exit_code": int}
+    "clone_failure": None,  # same shape
+    "pull_fail_at": None,  # percent
+    "pull_fail_message": (
+        'Error: Error Domain=NSURLErrorDomain Code=-1005 "The network connection was lost." '
+        "UserInfo={NSErrorFailingURLStringKey=https://REGISTRY/v2/, NSLocalizedDescription=The "
+        "network connection was lost.}"
+    ),
+    "pull_stall_at": None,  # percent: progress stops, the process hangs until killed
+    "log_rate": 2.0,  # guest log lines per second
+    "stop_hang": False,  # `tart run` prints "Stopping VM..." on SIGINT but never exits
+    "stale_lease": True,  # keep the DHCP lease after the VM stops (real vmnet behaviour)
+    "softnet_exit_after": None,  # s: the softnet child dies -> run fails
+}
+
+DEFAULT_START_FAILURE = (
+    'Error: Error Domain=VZErrorDomain Code=1 "The virtual machine failed to start." '
+    "UserInfo={NSLocalizedFailure=Internal Virtualization error., "
+    "NSLocalizedFailureReason=The virtual machine failed to start.}"
+)
+DEFAULT_CLONE_FAILURE = (
+    'Error: Error Domain=NSCocoaErrorDomain Code=640 "You can\u2019t save the file '
+    "\u201cdisk.img\u201d "
+    'because the volume \u201cMacintosh HD\u201d is out of space." '
+    "UserInfo={NSUnderlyingError=0x600000c8c0f0 {Error Domain=NSPOSIXErrorDomain Code=28 "
+    '"No space left on device"}}'
+)
+
+_cache: dict[str, tuple[tuple[int, int], dict]] = {}
+
+
+def control_path(home: str) -> str:
+    return os.path.join(home, "faketart-control.json")
+
+
+def load_control(home: str) -> dict:
+    path = control_path(home)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    key = (st.st_mtime_ns, st.st_size)
+    hit = _cache.get(path)
+    if hit and hit[0] == key:
+        return hit[1]
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read() or b"{}")
+    except (OSError, ValueError):
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    _cache[path] = (key, data)
+    return data
+
+
+def _apply(dst: dict, table, key: str | None) -> None:
+    if not key or not isinstance(table, dict):
+        return
+    for pattern, knobs in table.items():
+        if isinstance(knobs, dict) and fnmatch.fnmatchcase(key, pattern):
+            dst.update(knobs)
+
+
+def for_vm(home: str, name: str, image_knobs: dict | None, source_ref: str | None) -> dict:
+    k = dict(DEFAULTS)
+    if image_knobs:
+        k.update(image_knobs)
+    ctl = load_control(home)
+    _apply(k, ctl.get("images"), source_ref)
+    _apply(k, ctl.get("vms"), name)
+    return k
+
+
+def for_image(home: str, ref: str, registry_knobs: dict | None) -> dict:
+    k = dict(DEFAULTS)
+    if registry_knobs:
+        k.update(registry_knobs)
+    _apply(k, load_control(home).get("images"), ref)
+    return k
+
+
+def failure(spec, default_message: str) -> tuple[str, int] | None:
+    """Normalise a start/clone failure knob to (message, exit code)."""
+    if spec in (None, False):
+        return None
+    if spec is True:
+        return default_message, 1
+    if isinstance(spec, str):
+        return spec, 1
+    if isinstance(spec, dict):
+        return str(spec.get("message", default_message)), int(spec.get("exit_code", 1))
+    return default_message, 1

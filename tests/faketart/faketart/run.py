@@ -1,0 +1,482 @@
+"""`tart run NAME`: flag grammar/validation (§3.7) and the VM supervisor."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+from . import knobs as _knobs
+from . import storage
+from .argparse_swift import Arg, Command, Opt, int_
+from .common import (
+    RuntimeErr,
+    SwiftErr,
+    UsageErr,
+    Verbatim,
+    out,
+    try_write_lock,
+)
+from .storage import RemoteName
+
+DEFAULT_TAG = "com.apple.virtio-fs.automount"
+PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+# ---------------------------------------------------------------------------
+# --dir (§3.7.2)
+
+
+class DirShare:
+    def __init__(self, name: str | None, path: str, ro: bool, tag: str, url: bool = False):
+        self.name, self.path, self.ro, self.tag, self.url = name, path, ro, tag, url
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "ro": self.ro,
+            "tag": self.tag,
+            "url": self.url,
+        }
+
+
+def parse_dir(spec: str, cwd: str | None = None) -> DirShare:
+    cwd = cwd or os.getcwd()
+    pieces = spec.split(":")
+    options = pieces[-1].split(",")
+    ro, tag, rest = False, DEFAULT_TAG, spec
+    if "ro" in options or any(o.startswith("tag=") for o in options):
+        rest = ":".join(pieces[:-1])
+        for o in options:
+            if o == "ro":
+                ro = True
+            elif o.startswith("tag="):
+                tag = o[4:]
+    if rest.startswith("http:") or rest.startswith("https:"):
+        return DirShare(None, rest, ro, tag, url=True)
+    name, sep, path = rest.partition(":")
+    if not sep:
+        name, path = None, rest
+    path = os.path.expanduser(path)
+    if not os.path.isabs(path):
+        path = os.path.join(cwd, path)
+    return DirShare(name, os.path.normpath(path), ro, tag)
+
+
+def group_shares(shares: list[DirShare]) -> dict[str, list[DirShare]]:
+    by_tag: dict[str, list[DirShare]] = {}
+    for s in shares:
+        by_tag.setdefault(s.tag, []).append(s)
+    result = {}
+    for tag, lst in by_tag.items():
+        if len(lst) == 1 and lst[0].name is None:
+            result[tag] = lst
+            continue
+        if any(s.name is None for s in lst):
+            raise UsageErr(
+                "invalid --dir syntax: for multiple directory shares each one of them should be "
+                "named"
+            )
+        named: dict[str, DirShare] = {}
+        for s in lst:
+            named.pop(s.name, None)  # duplicate names: the last one wins
+            named[s.name] = s
+        result[tag] = list(named.values())
+    return result
+
+
+# ---------------------------------------------------------------------------
+# --disk (§3.7.3) and --root-disk-opts
+
+SYNC_MODES = ("none", "fsync", "full")
+CACHING_MODES = ("automatic", "cached", "uncached")
+
+
+def _check_disk_options(options: list[str]) -> None:
+    for o in options:
+        if o.startswith("sync=") and o[5:] not in SYNC_MODES:
+            raise RuntimeErr(f'unsupported disk image synchronization mode: "{o[5:]}"')
+        if o.startswith("caching=") and o[8:] not in CACHING_MODES:
+            raise RuntimeErr(f'unsupported disk image caching mode: "{o[8:]}"')
+
+
+def parse_root_disk_opts(s: str) -> dict:
+    opts = [o for o in s.split(",") if o]
+    _check_disk_options(opts)
+    return {"ro": "ro" in opts, "options": opts}
+
+
+class DiskSpec:
+    def __init__(self, spec: str):
+        self.spec = spec
+        pieces = spec.split(":")
+        last = pieces[-1].split(",")
+        self.options: list[str] = []
+        self.path = spec
+        if len(pieces) > 1 and any(o == "ro" or o.startswith(("sync=", "caching=")) for o in last):
+            self.options = last
+            self.path = ":".join(pieces[:-1])
+        self.ro = "ro" in self.options
+        self.nbd = self.path.startswith(("nbd://", "nbds://", "nbd+unix://", "nbds+unix://"))
+
+
+# ---------------------------------------------------------------------------
+# Bridged interfaces
+
+
+def bridge_interfaces() -> list[tuple[str, str]]:
+    raw = os.environ.get("FAKETART_BRIDGE_INTERFACES", "en0=Ethernet,en1=Wi-Fi")
+    res = []
+    for raw_item in raw.split(","):
+        item = raw_item.strip()
+        if not item:
+            continue
+        bsd, _, disp = item.partition("=")
+        res.append((bsd, disp or bsd))
+    return res
+
+
+def swift_array(items: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+# ---------------------------------------------------------------------------
+# Command definition
+
+OPTS = [
+    Opt(("--no-graphics",), "no_graphics", help="Don't open a UI window."),
+    Opt(("--graphics",), "graphics", hidden=True),
+    Opt(("--serial",), "serial", help="Open serial console in /dev/ttySXX"),
+    Opt(
+        ("--serial-path",),
+        "serial_path",
+        "value",
+        "serial-path",
+        None,
+        None,
+        "Attach an externally created serial console",
+    ),
+    Opt(("--no-audio",), "no_audio", help="Disable audio pass-through to host."),
+    Opt(
+        ("--no-clipboard",),
+        "no_clipboard",
+        help="Disable clipboard sharing between host and guest.",
+    ),
+    Opt(("--recovery",), "recovery", help="Boot into recovery mode"),
+    Opt(("--vnc",), "vnc", help="Use screen sharing instead of the built-in UI."),
+    Opt(
+        ("--vnc-experimental",),
+        "vnc_experimental",
+        help="Use Virtualization.Framework's VNC server instead of the built-in UI.",
+    ),
+    Opt(("--disk",), "disk", "array", "path[:options]", None, None, "Additional disk attachments"),
+    Opt(
+        ("--rosetta",),
+        "rosetta",
+        "value",
+        "tag",
+        None,
+        None,
+        "Attaches a Rosetta share to the guest Linux VM with a specific tag",
+    ),
+    Opt(
+        ("--dir",),
+        "dir",
+        "array",
+        "[name:]path[:options]",
+        None,
+        None,
+        "Additional directory shares",
+    ),
+    Opt(("--nested",), "nested", help="Enable nested virtualization if possible"),
+    Opt(
+        ("--net-bridged",),
+        "net_bridged",
+        "array",
+        "interface name",
+        None,
+        None,
+        "Use bridged networking instead of the default shared (NAT) networking",
+    ),
+    Opt(("--net-softnet",), "net_softnet", help="Use software networking provided by Softnet"),
+    Opt(
+        ("--net-softnet-allow",),
+        "net_softnet_allow",
+        "value",
+        "comma-separated CIDRs",
+        None,
+        None,
+        "Comma-separated list of CIDRs to allow the traffic to",
+    ),
+    Opt(
+        ("--net-softnet-block",),
+        "net_softnet_block",
+        "value",
+        "comma-separated CIDRs",
+        None,
+        None,
+        "Comma-separated list of CIDRs to block the traffic to",
+    ),
+    Opt(
+        ("--net-softnet-expose",),
+        "net_softnet_expose",
+        "value",
+        "comma-separated port specifications",
+        None,
+        None,
+        "Comma-separated list of TCP ports to expose",
+    ),
+    Opt(
+        ("--net-softnet-control-fd",),
+        "net_softnet_control_fd",
+        "value",
+        "fd",
+        int_,
+        None,
+        "Unix socket for Softnet policy updates",
+    ),
+    Opt(("--net-host",), "net_host", help="Restrict network access to the host-only network"),
+    Opt(
+        ("--root-disk-opts",),
+        "root_disk_opts",
+        "value",
+        "options",
+        None,
+        "",
+        "Set the root disk options",
+    ),
+    Opt(
+        ("--suspendable",),
+        "suspendable",
+        help="Disables audio and entropy devices and switches to only Mac-specific input devices.",
+    ),
+    Opt(
+        ("--capture-system-keys",),
+        "capture_system_keys",
+        help="Whether system hot keys should be sent to the guest",
+    ),
+    Opt(("--no-trackpad",), "no_trackpad", help="Don't add a trackpad as a pointing device"),
+    Opt(("--no-pointer",), "no_pointer", help="Disable the pointer"),
+    Opt(("--no-keyboard",), "no_keyboard", help="Disable the keyboard"),
+    Opt(
+        ("--provisioning-opts",),
+        "provisioning_opts",
+        "value",
+        "options",
+        None,
+        None,
+        "Provisioning options for macOS 27 guests",
+    ),
+]
+
+
+def validate_flags(o: dict) -> None:
+    if o["graphics"] and o["no_graphics"]:
+        raise UsageErr("--graphics and --no-graphics are mutually exclusive")
+    if (o["no_graphics"] or o["vnc"] or o["vnc_experimental"]) and o["capture_system_keys"]:
+        raise UsageErr("--captures-system-keys can only be used with the default VM view")
+    if o["vnc"] and o["vnc_experimental"]:
+        raise UsageErr("--vnc and --vnc-experimental are mutually exclusive")
+    softnet = bool(
+        o["net_softnet"]
+        or o["net_softnet_allow"] is not None
+        or o["net_softnet_block"] is not None
+        or o["net_softnet_expose"] is not None
+        or o["net_softnet_control_fd"] is not None
+    )
+    modes = sum([bool(o["net_bridged"]), softnet, bool(o["net_host"])])
+    if modes > 1:
+        raise UsageErr("--net-bridged, --net-softnet and --net-host are mutually exclusive")
+    if o["net_softnet_control_fd"] is not None and o["net_softnet_control_fd"] <= 2:
+        raise UsageErr("--net-softnet-control-fd should be greater than 2")
+    if o["suspendable"] and (o["no_trackpad"] or o["no_pointer"] or o["no_keyboard"]):
+        raise UsageErr(
+            "--suspendable cannot be used with --no-trackpad, --no-pointer or --no-keyboard"
+        )
+    for d in o["disk"]:
+        if DiskSpec(d).path.endswith("-amd64.iso"):
+            raise UsageErr(
+                f"{d}: x86_64 (amd64) ISO images cannot be booted on Apple Silicon, use an arm64 "
+                "image instead"
+            )
+    if o["nested"] and os.environ.get("FAKETART_NESTED_SUPPORTED", "1") == "0":
+        raise UsageErr(
+            "Nested virtualization is supported on hosts starting with macOS 15 (Sequoia), "
+            "and is only available on Mac with M3 or M4 chips"
+        )
+    o["_shares"] = group_shares([parse_dir(s) for s in o["dir"]])
+    o["_network"] = (
+        "bridged"
+        if o["net_bridged"]
+        else "softnet"
+        if softnet
+        else "host"
+        if o["net_host"]
+        else "shared"
+    )
+
+
+def validate_vm(o: dict, cfg: dict) -> None:
+    darwin = cfg.get("os") == "darwin"
+    if o["suspendable"] and not darwin:
+        raise UsageErr("You can only suspend macOS VMs")
+    if o["no_trackpad"] and not darwin:
+        raise UsageErr("--no-trackpad is only supported for macOS VMs")
+    if o["rosetta"] is not None and darwin:
+        raise UsageErr("--rosetta is only supported for Linux VMs")
+    if o["net_bridged"]:
+        ifaces = bridge_interfaces()
+        matched = [b for b, d in ifaces if b in o["net_bridged"] or d in o["net_bridged"]]
+        if (
+            len(set(o["net_bridged"]) - {b for b, _ in ifaces} - {d for _, d in ifaces})
+            or not matched
+        ):
+            raise UsageErr(
+                f'no bridge interfaces matched "{swift_array(o["net_bridged"])}", '
+                f"available interfaces: {swift_array([b for b, _ in ifaces])}"
+            )
+
+
+def which(prog: str) -> str | None:
+    import shutil
+
+    return shutil.which(prog, path=os.environ.get("PATH", os.defpath))
+
+
+def cmd_run(o: dict) -> int:
+    from .common import tart_home
+
+    home = tart_home()
+    name = o["name"]
+    validate_flags(o)
+    vm = storage.local_vm(home, name)
+    if "/" in name or not vm.exists():
+        raise SwiftErr(f'the specified VM "{name}" does not exist')
+    if not vm.initialized():
+        raise SwiftErr("VM is missing some of its files (config.json, disk.img or nvram.bin)")
+    from .common import touch_access
+
+    touch_access(vm.path)
+    cfg = vm.read_config()
+    validate_vm(o, cfg)
+    flags = SignalFlags()
+    with storage.global_lock(home):
+        mac = cfg.get("macAddress")
+        for other in storage.list_local(home):
+            if (
+                other.name != name
+                and other.running()
+                and other.read_config().get("macAddress") == mac
+            ):
+                out("There is already a running VM with the same MAC address!")
+                out("Resetting VM to assign a new MAC address...")
+                cfg["macAddress"] = storage.random_mac()
+                vm.write_config(cfg)
+                break
+        lock_fd = try_write_lock(vm.config_path)
+        if lock_fd is None:
+            raise RuntimeErr(f'VM "{name}" is already running!', 2)
+        restoring = os.path.exists(vm.state_path)
+        if restoring:
+            o["suspendable"] = True
+        parse_root_disk_opts(o["root_disk_opts"] or "")
+        disk_fds = open_disks(home, o["disk"])
+        for shares in o["_shares"].values():
+            for s in shares:
+                if not s.url and not os.path.isdir(s.path):
+                    raise SwiftErr(
+                        'Error Domain=VZErrorDomain Code=2 "Invalid virtual machine configuration. '
+                        f"The directory sharing device configuration is invalid: {s.path} does not "
+                        'exist or is not a directory." '
+                        "UserInfo={NSLocalizedFailure=Invalid virtual machine configuration., "
+                        "NSLocalizedFailureReason=A directory sharing device configuration is "
+                        f"invalid. ({s.path})}}"
+                    )
+        softnet = None
+        if o["_network"] in ("softnet", "host"):
+            softnet = which("softnet")
+            if softnet is None:
+                raise SwiftErr('InitializationFailed(why: "softnet not found in PATH")')
+        k = vm.knobs(home)
+        fail = _knobs.failure(k.get("start_failure"), _knobs.DEFAULT_START_FAILURE)
+        if fail:
+            raise Verbatim(*fail)
+        if cfg.get("os") == "darwin":
+            limit = int(os.environ.get("FAKETART_MAX_MACOS_VMS", "2"))
+            others = [v for v in storage.list_local(home) if v.name != name and v.running()]
+            darwin_others = [v for v in others if v.read_config().get("os") == "darwin"]
+            if len(darwin_others) >= limit:
+                hint = (
+                    f" (other running VMs: {', '.join(v.name for v in others)})" if others else ""
+                )
+                raise RuntimeErr(f"The number of VMs exceeds the system limit{hint}")
+    from .supervisor import Supervisor
+
+    sup = Supervisor(home, vm, cfg, o, lock_fd, disk_fds, softnet, restoring, flags)
+    return sup.run()
+
+
+def open_disks(home: str, specs: list[str]) -> list[int]:
+    import fcntl
+
+    fds = []
+    for spec in specs:
+        d = DiskSpec(spec)
+        _check_disk_options(d.options)
+        if d.nbd:
+            continue
+        rn = RemoteName.parse(d.path)
+        if rn is not None:
+            if storage.oci_cached(home, rn) is None:
+                raise RuntimeErr(
+                    f"failed to find the remote VM {rn} in the OCI cache, pull it first"
+                )
+            continue
+        path = os.path.abspath(os.path.expanduser(d.path))
+        if not os.path.exists(path):
+            raise SwiftErr(
+                'Error Domain=NSCocoaErrorDomain Code=260 "The file '
+                f"\u201c{os.path.basename(path)}\u201d couldn\u2019t be "
+                f'opened because there is no such file." UserInfo={{NSFilePath={path}}}'
+            )
+        if not d.ro and os.path.isfile(path):
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise RuntimeErr(
+                    f"disk {path} seems to be already in use, unmount it first in Finder"
+                ) from None
+            fds.append(fd)
+    return fds
+
+
+# ---------------------------------------------------------------------------
+# Signals
+
+
+class SignalFlags:
+    def __init__(self):
+        self.pending: list[int] = []
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.w, False)
+        os.set_blocking(self.r, False)
+        for s in (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(s, self._on)
+        signal.set_wakeup_fd(self.w)
+
+    def _on(self, signum, _frame) -> None:
+        self.pending.append(signum)
+
+    def drain(self) -> list[int]:
+        try:
+            while os.read(self.r, 512):
+                pass
+        except BlockingIOError:
+            pass
+        got, self.pending = self.pending, []
+        return got
+
+
+COMMAND = Command("run", "Run a VM", [Arg("name", "name", help="VM name")], OPTS, cmd_run)

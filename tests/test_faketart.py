@@ -1,0 +1,1209 @@
+"""Contract tests for the fake Tart host (tests/faketart, docs/fake-tart.md).
+
+They pin the fake to tart-cli.md: grammar, outputs, error texts, exit codes,
+lock semantics, the macOS VM limit, failure knobs, and real SSH guests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.faketart.faketart.run import group_shares, parse_dir
+from tests.faketart.fixtures import (
+    LINUX_IMAGE,
+    MACOS_IMAGE,
+    FakeTart,
+    needs_guest_reason,
+    pid_alive,
+    read_calls,
+)
+
+GUEST_REASON = needs_guest_reason()
+needs_guest = pytest.mark.skipif(GUEST_REASON is not None, reason=GUEST_REASON or "")
+
+USAGE_TAIL = re.compile(r"\nUsage: tart \w+.*\n  See 'tart \w+ --help' for more information\.\n\Z")
+
+
+def wait_for(pred, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def read_until(proc: subprocess.Popen, needle: bytes, timeout: float = 10.0) -> bytes:
+    """Read proc.stdout (binary) until *needle* shows up; returns what was read."""
+    fd = proc.stdout.fileno()
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while needle not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"{needle!r} not seen in {buf[-2000:]!r}")
+        r, _, _ = select.select([fd], [], [], left)
+        if r:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"EOF before {needle!r}: {buf[-2000:]!r}")
+            buf += chunk
+    return buf
+
+
+def usage_error(r: subprocess.CompletedProcess, message: str) -> None:
+    assert r.returncode == 64, (r.returncode, r.stderr)
+    assert r.stderr.startswith(f"Error: {message}\n"), r.stderr
+    assert USAGE_TAIL.search(r.stderr), r.stderr
+
+
+# ---------------------------------------------------------------------------
+# Global CLI behaviour
+
+
+def test_version_default_and_override(fake_tart: FakeTart):
+    r = fake_tart.tart("--version")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "2.35.0\n", "")
+    r = fake_tart.tart("--version", env=fake_tart.env(FAKETART_VERSION="2.31.0"))
+    assert r.stdout == "2.31.0\n"
+
+
+def test_help_exits_zero(fake_tart: FakeTart):
+    for args in (["--help"], ["help", "run"], ["run", "--help"], ["clone", "-h"]):
+        r = fake_tart.tart(*args)
+        assert r.returncode == 0 and "USAGE: tart" in r.stdout, (args, r)
+
+
+def test_unknown_subcommand_and_options(fake_tart: FakeTart):
+    r = fake_tart.tart("frobnicate")
+    assert r.returncode == 64 and r.stderr.startswith("Error: Unexpected argument 'frobnicate'\n")
+    usage_error(fake_tart.tart("list", "--bogus"), "Unknown option '--bogus'")
+    usage_error(fake_tart.tart("run", "vm", "--x=1"), "Unknown option '--x'")
+    r = fake_tart.tart("clone", "only-one")
+    usage_error(r, "Missing expected argument '<new-name>'")
+    assert "Help:  <new-name>" in r.stderr
+    usage_error(fake_tart.tart("ip", "vm", "--wait"), "Missing value for '--wait <wait>'")
+    usage_error(
+        fake_tart.tart("ip", "vm", "--wait", "soon"),
+        "The value 'soon' is invalid for '--wait <wait>'",
+    )
+    usage_error(fake_tart.tart("get", "a", "b"), "Unexpected argument 'b'")
+    usage_error(
+        fake_tart.tart("list", "--format", "xml"),
+        "The value 'xml' is invalid for '--format <format>'. Please provide one of 'text' and "
+        "'json'.",
+    )
+
+
+def test_flag_value_forms_are_equivalent(fake_tart: FakeTart):
+    fake_tart.make_vm("vm")
+    a = fake_tart.tart("get", "vm", "--format=json")
+    b = fake_tart.tart("get", "--format", "json", "vm")
+    assert a.returncode == b.returncode == 0
+    assert json.loads(a.stdout) == json.loads(b.stdout)
+    # a repeated single-value option keeps the last value
+    c = fake_tart.tart("get", "vm", "--format", "json", "--format", "text")
+    assert c.stdout.startswith("OS ")
+
+
+def test_call_recording(fake_tart: FakeTart):
+    env = fake_tart.env(
+        TART_REGISTRY_USERNAME="robot",
+        TART_REGISTRY_PASSWORD="s3cr3t-value",
+        USER="ci",
+        LOGNAME="ci",
+    )
+    fake_tart.tart("list", "--format", "json", env=env, cwd="/")
+    fake_tart.tart("--version")
+    calls = read_calls(fake_tart.home)
+    assert [c["argv"] for c in calls] == [["list", "--format", "json"], ["--version"]]
+    c = calls[0]
+    assert c["cwd"] == "/" and c["uid"] == os.getuid() and c["gid"] == os.getgid()
+    assert c["env"]["TART_HOME"] == str(fake_tart.home)
+    assert c["env"]["USER"] == "ci" and c["env"]["LOGNAME"] == "ci" and c["env"]["CI"] == "true"
+    assert c["env"]["PATH"].split(os.pathsep)[0] == str(fake_tart.bin_dir)
+    assert set(c["env"]) == {"HOME", "USER", "LOGNAME", "PATH", "TART_HOME", "CI"}
+    assert c["secrets_set"] == {
+        "TART_REGISTRY_USERNAME": True,
+        "TART_REGISTRY_PASSWORD": True,
+        "TART_REGISTRY_HOSTNAME": False,
+    }
+    assert calls[1]["secrets_set"]["TART_REGISTRY_PASSWORD"] is False
+    assert isinstance(c["time"], float)
+    assert "s3cr3t-value" not in (fake_tart.home / "faketart-calls.jsonl").read_text()
+    assert fake_tart.calls_of("list") == [["list", "--format", "json"]]
+
+
+def test_tmp_garbage_collection(fake_tart: FakeTart):
+    stale = fake_tart.home / "tmp" / "LEFTOVER"
+    stale.mkdir(parents=True)
+    fake_tart.tart("pull", "localname")  # pull and clone skip the GC
+    assert stale.exists()
+    fake_tart.tart("list")
+    assert not stale.exists()
+
+
+# ---------------------------------------------------------------------------
+# pull / clone / registry
+
+
+def test_pull_output_and_cache_layout(fake_tart: FakeTart):
+    ref = "ghcr.io/cirruslabs/ubuntu:latest"
+    r = fake_tart.tart("pull", "ghcr.io/cirruslabs/ubuntu")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        f"pulling {ref}...",
+        "pulling manifest...",
+        "pulling disk (1.0 GB compressed)...",
+        "0%",
+        "100%",
+        "pulling NVRAM...",
+    ]
+    repo = fake_tart.home / "cache" / "OCIs" / "ghcr.io" / "cirruslabs" / "ubuntu"
+    link = repo / "latest"
+    assert link.is_symlink() and re.fullmatch(r"sha256:[0-9a-f]{64}", os.readlink(link))
+    digest_dir = repo / os.readlink(link)
+    assert {p.name for p in digest_dir.iterdir()} >= {
+        "config.json",
+        "disk.img",
+        "nvram.bin",
+        "manifest.json",
+    }
+    # one pull gives two OCI rows
+    names = fake_tart.tart("list", "--source", "oci", "-q").stdout.split()
+    assert names == [
+        "ghcr.io/cirruslabs/ubuntu:latest",
+        f"ghcr.io/cirruslabs/ubuntu@{os.readlink(link)}",
+    ]
+    # pulling again: manifest fetched, nothing downloaded
+    r = fake_tart.tart("pull", ref)
+    assert r.stdout.splitlines() == [
+        f"pulling {ref}...",
+        "pulling manifest...",
+        f"{ref} image is already cached and linked!",
+    ]
+    # the tag moves on the registry: a new digest is pulled, the old one is garbage-collected
+    old = os.readlink(link)
+    fake_tart.add_image(ref, os="linux", disk=30)
+    r = fake_tart.tart("pull", ref)
+    assert "pulling disk (1.0 GB compressed)..." in r.stdout
+    assert os.readlink(link) != old and not (repo / old).exists()
+    # a local name
+    r = fake_tart.tart("pull", "myvm")
+    assert (r.returncode, r.stdout) == (0, '"myvm" is a local image, nothing to pull here!\n')
+    usage_error(
+        fake_tart.tart("pull", ref, "--concurrency", "0"),
+        "network concurrency cannot be less than 1",
+    )
+
+
+def test_pull_progress_rewrites_lines_without_ci(fake_tart: FakeTart):
+    # two ~1.1 s pulls side by side: with CI one line per update, without CI ANSI rewrites
+    refs = [
+        fake_tart.add_image(f"{host}/acme/slow", os="linux", download_size=1000, pull_speed=900)
+        for host in ("ghcr.io", "quay.io")  # one host each: pulls from one host take turns
+    ]
+    procs = [
+        subprocess.Popen(
+            [str(fake_tart.tart_path), "pull", ref],
+            env=fake_tart.env(ci=ci),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for ref, ci in zip(refs, (False, True), strict=True)
+    ]
+    (tty_out, _), (ci_out, _) = (p.communicate(timeout=30) for p in procs)
+    assert [p.returncode for p in procs] == [0, 0]
+    lines = tty_out.decode().split("\n")
+    assert lines[3] == "0%"
+    rewrites = [ln for ln in lines if ln.startswith("\x1b[1A\r\x1b[J")]
+    assert rewrites[-1] == "\x1b[1A\r\x1b[J100%" and len(rewrites) >= 2  # 0% -> ~90% -> 100%
+    text = ci_out.decode()
+    assert "\x1b" not in text and re.search(r"^0%\n\d+%\n100%\n", text, re.M)
+
+
+def test_pull_errors(fake_tart: FakeTart):
+    r = fake_tart.tart("pull", "ghcr.io/cirruslabs/nope:latest")
+    assert r.returncode == 1
+    assert r.stderr.startswith(
+        'Error: UnexpectedHTTPStatusCode(when: "pulling manifest", code: 404, details: '
+    )
+    assert r.stdout.splitlines() == [
+        "pulling ghcr.io/cirruslabs/nope:latest...",
+        "pulling manifest...",
+    ]
+    r = fake_tart.tart("clone", "unknown.example.com/x/y:1", "vm")
+    assert (
+        r.returncode == 1 and "A server with the specified hostname could not be found" in r.stderr
+    )
+
+
+def test_registry_credentials(fake_tart: FakeTart):
+    ref = fake_tart.add_image(
+        "registry.acme.test:5000/team/private-macos",
+        os="darwin",
+        credentials={"username": "robot", "password": "hunter2-secret"},
+    )
+    r = fake_tart.tart("pull", ref)
+    assert r.returncode == 1 and "code: 401" in r.stderr, r.stderr
+    bad = fake_tart.env(TART_REGISTRY_USERNAME="robot", TART_REGISTRY_PASSWORD="wrong-pass")
+    r = fake_tart.tart("pull", ref, env=bad)
+    assert r.returncode == 1 and r.stderr.startswith("Error: AuthFailed(") and "401" in r.stderr
+    assert "wrong-pass" not in r.stderr + r.stdout
+    good = fake_tart.env(TART_REGISTRY_USERNAME="robot", TART_REGISTRY_PASSWORD="hunter2-secret")
+    scoped_elsewhere = dict(good, TART_REGISTRY_HOSTNAME="ghcr.io")
+    r = fake_tart.tart("pull", ref, env=scoped_elsewhere)
+    assert r.returncode == 1 and "code: 401" in r.stderr
+    scoped_here = dict(good, TART_REGISTRY_HOSTNAME="registry.acme.test:5000")
+    r = fake_tart.tart("clone", ref, "vm", env=scoped_here)
+    assert r.returncode == 0, r.stderr
+    assert "hunter2-secret" not in r.stdout + r.stderr
+    assert (
+        fake_tart.home
+        / "cache"
+        / "OCIs"
+        / "registry.acme.test%3A5000"
+        / "team"
+        / "private-macos"
+        / "latest"
+    ).is_symlink()
+
+
+def test_pull_failure_knob(fake_tart: FakeTart):
+    ref = fake_tart.add_image("ghcr.io/acme/flaky:latest", os="linux", knobs={"pull_fail_at": 50})
+    r = fake_tart.tart("pull", ref)
+    assert r.returncode == 1
+    assert r.stdout.splitlines()[-2:] == ["0%", "50%"]
+    assert r.stderr.startswith("Error: Error Domain=NSURLErrorDomain Code=-1005")
+    assert fake_tart.tart("list", "-q").stdout == ""
+    # the control file overrides the image: failure now at 10 %, with our own message
+    fake_tart.set_image_knobs("ghcr.io/acme/*", pull_fail_at=10, pull_fail_message="Error: boom")
+    r = fake_tart.tart("clone", ref, "vm")
+    assert (r.returncode, r.stderr, r.stdout.splitlines()[-1]) == (1, "Error: boom\n", "10%")
+
+
+def test_pull_stall_knob(fake_tart: FakeTart):
+    ref = fake_tart.add_image(
+        "ghcr.io/acme/stuck:latest", os="linux", download_size=100, pull_speed=400
+    )
+    fake_tart.set_image_knobs(ref, pull_stall_at=40)
+    proc = subprocess.Popen(
+        [str(fake_tart.tart_path), "pull", ref],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=fake_tart.env(),
+    )
+    try:
+        read_until(proc, b"40%\n")
+        # the whole pull would take 0.25 s: it must make no progress and not exit
+        r, _, _ = select.select([proc.stdout], [], [], 0.75)
+        assert not r and proc.poll() is None
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_clone_semantics(fake_tart: FakeTart):
+    r = fake_tart.tart("clone", MACOS_IMAGE, "a")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert (
+        lines[0] == "pulling manifest..." and lines[-1] == "pulling NVRAM..."
+    )  # no "pulling NAME..." line
+    vm = fake_tart.vm_dir("a")
+    cfg = fake_tart.config("a")
+    assert {
+        "version",
+        "os",
+        "arch",
+        "cpuCountMin",
+        "cpuCount",
+        "memorySizeMin",
+        "memorySize",
+        "macAddress",
+        "display",
+        "diskFormat",
+    } <= set(cfg)
+    assert (cfg["os"], cfg["arch"], cfg["memorySize"], cfg["diskFormat"]) == (
+        "darwin",
+        "arm64",
+        8192 * 2**20,
+        "raw",
+    )
+    assert cfg["macAddress"] == "7e:3a:51:00:00:01"  # the image's MAC is kept for the first clone
+    st = os.stat(vm / "disk.img")
+    assert st.st_size == 50_000_000_000 and st.st_blocks * 512 < 10_000_000  # sparse
+    assert (vm / "nvram.bin").is_file()
+    # cached: prints nothing; the MAC is now taken by "a" so "b" gets a new one
+    r = fake_tart.tart("clone", MACOS_IMAGE, "b")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert fake_tart.config("b")["macAddress"] != cfg["macAddress"]
+    # a local source; an existing target is silently overwritten
+    (fake_tart.vm_dir("b") / "marker").write_text("old")
+    r = fake_tart.tart("clone", "a", "b")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert not (fake_tart.vm_dir("b") / "marker").exists()
+    assert fake_tart.config("b")["macAddress"] != cfg["macAddress"]
+    # errors
+    usage_error(fake_tart.tart("clone", "a", "x/y"), "<new-name> should be a local name")
+    usage_error(
+        fake_tart.tart("clone", "a", "c", "--concurrency=0"),
+        "network concurrency cannot be less than 1",
+    )
+    r = fake_tart.tart("clone", "missing", "c")
+    assert (r.returncode, r.stderr) == (2, 'the specified VM "missing" does not exist\n')
+    # clone by digest of a cached image; --prune-limit/--insecure accepted
+    digest = os.readlink(fake_tart.home / "cache/OCIs/ghcr.io/cirruslabs/macos-sequoia-base/latest")
+    r = fake_tart.tart(
+        "clone",
+        f"ghcr.io/cirruslabs/macos-sequoia-base@{digest}",
+        "d",
+        "--prune-limit",
+        "5",
+        "--insecure",
+    )
+    assert (r.returncode, r.stdout) == (0, "")
+    r = fake_tart.tart("fqn", MACOS_IMAGE)
+    assert r.stdout == f"ghcr.io/cirruslabs/macos-sequoia-base@{digest}\n"
+
+
+def test_clone_failure_knob(fake_tart: FakeTart):
+    fake_tart.tart("pull", LINUX_IMAGE)
+    fake_tart.set_knobs("doomed-*", clone_failure={"message": "Error: disk full", "exit_code": 3})
+    r = fake_tart.tart("clone", LINUX_IMAGE, "doomed-1")
+    assert (r.returncode, r.stderr) == (3, "Error: disk full\n")
+    assert not fake_tart.vm_dir("doomed-1").exists()
+    assert fake_tart.tart("clone", LINUX_IMAGE, "fine").returncode == 0
+    fake_tart.set_image_knobs(LINUX_IMAGE, clone_failure=True)
+    r = fake_tart.tart("clone", LINUX_IMAGE, "fine2")
+    assert r.returncode == 1 and r.stderr.startswith(
+        "Error: Error Domain=NSCocoaErrorDomain Code=640"
+    )
+
+
+def test_login_logout(fake_tart: FakeTart):
+    fake_tart.set_host("registry.acme.test", credentials={"username": "u", "password": "p4ss"})
+    ref = fake_tart.add_image("registry.acme.test/team/img", os="linux")
+    usage_error(
+        fake_tart.tart("login", "registry.acme.test", "--username", "u"),
+        "both --username and --password-stdin are required",
+    )
+    r = fake_tart.tart(
+        "login", "registry.acme.test", "--username", "u", "--password-stdin", input="nope\n"
+    )
+    assert (
+        r.returncode == 1
+        and r.stderr.startswith("invalid credentials: ")
+        and "nope" not in r.stderr
+    )
+    assert fake_tart.tart("pull", ref).returncode == 1
+    r = fake_tart.tart(
+        "login", "registry.acme.test", "--username", "u", "--password-stdin", input="p4ss\n"
+    )
+    assert r.returncode == 0, r.stderr
+    assert fake_tart.tart("pull", ref).returncode == 0
+    r = fake_tart.tart(
+        "login", "other.test", "--username", "x", "--password-stdin", "--no-validate", input="y"
+    )
+    assert r.returncode == 0
+    assert fake_tart.tart("logout", "registry.acme.test").returncode == 0
+    assert fake_tart.tart("logout", "never-logged-in.test").returncode == 0
+    fake_tart.tart("delete", ref)
+    assert fake_tart.tart("pull", ref).returncode == 1
+
+
+# ---------------------------------------------------------------------------
+# set / get / list / delete / rename
+
+
+def test_set_and_get(fake_tart: FakeTart):
+    fake_tart.make_vm("m", MACOS_IMAGE)
+    fake_tart.make_vm("l", LINUX_IMAGE)
+    mac = fake_tart.config("m")["macAddress"]
+    r = fake_tart.tart(
+        "set", "m", "--cpu", "6", "--memory=16384", "--display", "1920x1080px", "--random-mac"
+    )
+    assert r.returncode == 0, r.stderr
+    g = json.loads(fake_tart.tart("get", "m", "--format", "json").stdout)
+    assert g == {
+        "OS": "darwin",
+        "CPU": 6,
+        "Memory": 16384,
+        "Disk": 50,
+        "DiskFormat": "raw",
+        "Size": g["Size"],
+        "Display": "1920x1080px",
+        "Running": False,
+        "State": "stopped",
+    }
+    assert re.fullmatch(r"\d+\.\d{3}", g["Size"])
+    assert fake_tart.config("m")["memorySize"] == 16384 * 1024 * 1024
+    assert fake_tart.config("m")["macAddress"] != mac
+    text = fake_tart.tart("get", "m").stdout.splitlines()
+    assert text[0].split() == [
+        "OS",
+        "CPU",
+        "Memory",
+        "Disk",
+        "DiskFormat",
+        "Size",
+        "Display",
+        "State",
+    ]
+    assert text[1].split()[:4] == ["darwin", "6", "16384", "50"]
+    # a 0 keeps the old value; display-refit quirk
+    fake_tart.tart("set", "m", "--display", "x900", "--display-refit")
+    assert fake_tart.config("m")["display"] == {"width": 1920, "height": 900, "unit": "px"}
+    assert fake_tart.config("m")["displayRefit"] is True
+    fake_tart.tart("set", "m")
+    assert "displayRefit" not in fake_tart.config("m")
+    # macOS minimums
+    r = fake_tart.tart("set", "m", "--cpu", "2")
+    assert (r.returncode, r.stderr) == (
+        1,
+        "Error: LessThanMinimalResourcesError: VM should have 4 CPU cores at minimum (requested "
+        "2)\n",
+    )
+    r = fake_tart.tart("set", "m", "--memory", "2048")
+    assert (
+        r.returncode == 1
+        and "VM should have 4096 megabytes of memory at minimum (requested 2048)" in r.stderr
+    )
+    assert (
+        fake_tart.tart("set", "l", "--cpu", "1", "--memory", "512").returncode == 0
+    )  # Linux: no minimums
+    # disk: grow only
+    assert fake_tart.tart("set", "m", "--disk-size", "80").returncode == 0
+    assert os.stat(fake_tart.vm_dir("m") / "disk.img").st_size == 80_000_000_000
+    assert fake_tart.tart("set", "m", "--disk-size", "80").returncode == 0
+    r = fake_tart.tart("set", "m", "--disk-size", "40")
+    assert (r.returncode, r.stderr) == (
+        1,
+        "new disk size of 40GB should be larger than the current disk size of 80GB\n",
+    )
+    usage_error(
+        fake_tart.tart("set", "m", "--cpu", "70000"),
+        "The value '70000' is invalid for '--cpu <cpu>'",
+    )
+    r = fake_tart.tart("set", "nope", "--cpu", "4")
+    assert (r.returncode, r.stderr) == (2, 'the specified VM "nope" does not exist\n')
+    r = fake_tart.tart("get", "nope")
+    assert r.returncode == 2
+
+
+def test_list_formats(fake_tart: FakeTart):
+    r = fake_tart.tart("list")
+    assert (r.returncode, r.stdout) == (0, "\n")
+    assert (
+        fake_tart.tart("list", "--format", "json").stdout.split() == ["[]"]
+        or json.loads(fake_tart.tart("list", "--format", "json").stdout) == []
+    )
+    assert fake_tart.tart("list", "-q").stdout == ""
+    fake_tart.make_vm("zeta", LINUX_IMAGE)
+    fake_tart.make_vm("alpha")
+    fake_tart.tart("pull", LINUX_IMAGE)
+    rows = json.loads(fake_tart.tart("list", "--format", "json").stdout)
+    assert [(r["Source"], r["Name"]) for r in rows][:3] == [
+        ("local", "alpha"),
+        ("local", "zeta"),
+        ("OCI", "ghcr.io/cirruslabs/ubuntu:latest"),
+    ]
+    assert rows[3]["Name"].startswith("ghcr.io/cirruslabs/ubuntu@sha256:")
+    for row in rows:
+        assert set(row) == {"Source", "Name", "Disk", "Size", "Accessed", "Running", "State"}
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row["Accessed"])
+        assert row["State"] == "stopped" and row["Running"] is False
+    assert rows[0]["Disk"] == 50 and rows[1]["Disk"] == 20
+    assert fake_tart.tart("list", "--source", "local", "--quiet").stdout == "alpha\nzeta\n"
+    assert len(json.loads(fake_tart.tart("list", "--source=oci", "--format=json").stdout)) == 2
+    text = fake_tart.tart("list").stdout.splitlines()
+    assert text[0].split() == ["Source", "Name", "Disk", "Size", "Accessed", "State"]
+    assert text[1].split()[:2] == ["local", "alpha"] and text[1].endswith("stopped")
+    usage_error(fake_tart.tart("list", "--source", "cloud"), "'cloud' is not a valid <source>")
+
+
+def test_delete_rename_fqn(fake_tart: FakeTart):
+    for n in ("a", "b", "c"):
+        fake_tart.make_vm(n, LINUX_IMAGE)
+    r = fake_tart.tart("delete", "a", "missing", "b")
+    assert (r.returncode, r.stderr) == (2, 'the specified VM "missing" does not exist\n')
+    assert (
+        not fake_tart.vm_dir("a").exists() and fake_tart.vm_dir("b").exists()
+    )  # first error stops
+    assert fake_tart.tart("delete", "b", "c").returncode == 0
+    # incomplete bundle
+    (fake_tart.home / "vms" / "broken").mkdir()
+    r = fake_tart.tart("get", "broken")
+    assert (r.returncode, r.stderr) == (
+        1,
+        "VM is missing some of its files (config.json, disk.img or nvram.bin)\n",
+    )
+    # OCI entries
+    fake_tart.tart("pull", LINUX_IMAGE)
+    assert fake_tart.tart("delete", LINUX_IMAGE).returncode == 0
+    assert fake_tart.tart("list", "--source", "oci", "-q").stdout == ""  # the digest dir was gc'ed
+    # rename
+    fake_tart.make_vm("x", LINUX_IMAGE)
+    fake_tart.make_vm("y", LINUX_IMAGE)
+    usage_error(
+        fake_tart.tart("rename", "nope", "z"), "failed to rename a non-existent local VM: nope"
+    )
+    usage_error(
+        fake_tart.tart("rename", "x", "y"),
+        "failed to rename VM x, target VM y already exists, delete it first!",
+    )
+    assert fake_tart.tart("rename", "x", "z").returncode == 0 and fake_tart.vm_dir("z").exists()
+    assert fake_tart.tart("fqn", "z").stdout == "z\n"
+
+
+# ---------------------------------------------------------------------------
+# run: grammar and validation (no guest is booted)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--graphics"], "--graphics and --no-graphics are mutually exclusive"),
+        (["--vnc", "--vnc-experimental"], "--vnc and --vnc-experimental are mutually exclusive"),
+        (
+            ["--capture-system-keys"],
+            "--captures-system-keys can only be used with the default VM view",
+        ),
+        (
+            ["--net-bridged", "en0", "--net-softnet"],
+            "--net-bridged, --net-softnet and --net-host are mutually exclusive",
+        ),
+        (
+            ["--net-host", "--net-softnet-allow", "10.0.0.0/8"],
+            "--net-bridged, --net-softnet and --net-host are mutually exclusive",
+        ),
+        (
+            ["--net-bridged=en0", "--net-host"],
+            "--net-bridged, --net-softnet and --net-host are mutually exclusive",
+        ),
+        (
+            ["--net-softnet-expose", "2222:22", "--net-bridged", "en1"],
+            "--net-bridged, --net-softnet and --net-host are mutually exclusive",
+        ),
+        (
+            ["--suspendable", "--no-keyboard"],
+            "--suspendable cannot be used with --no-trackpad, --no-pointer or --no-keyboard",
+        ),
+        (
+            ["--dir", "/tmp", "--dir", "b:/tmp"],
+            "invalid --dir syntax: for multiple directory shares each one of them should be named",
+        ),
+        (
+            ["--net-bridged", "wlan9"],
+            'no bridge interfaces matched "["wlan9"]", available interfaces: ["en0", "en1"]',
+        ),
+    ],
+)
+def test_run_validation_errors(fake_tart: FakeTart, args, message):
+    fake_tart.make_vm("vm")
+    usage_error(fake_tart.tart("run", "vm", "--no-graphics", *args), message)
+    assert fake_tart.running_vms() == {}
+
+
+def test_run_vm_dependent_validation(fake_tart: FakeTart):
+    fake_tart.make_vm("lin", LINUX_IMAGE)
+    usage_error(fake_tart.tart("run", "lin", "--suspendable"), "You can only suspend macOS VMs")
+    r = fake_tart.tart("run", "missing-vm", "--no-graphics")
+    assert (r.returncode, r.stderr) == (1, 'Error: the specified VM "missing-vm" does not exist\n')
+    # bridged interfaces come from FAKETART_BRIDGE_INTERFACES (BSD or display names)
+    env = fake_tart.env(FAKETART_BRIDGE_INTERFACES="en7=Thunderbolt Bridge")
+    usage_error(
+        fake_tart.tart("run", "lin", "--net-bridged", "en0", env=env),
+        'no bridge interfaces matched "["en0"]", available interfaces: ["en7"]',
+    )
+
+
+def test_run_start_time_errors(fake_tart: FakeTart, tmp_path: Path):
+    fake_tart.make_vm("vm", LINUX_IMAGE)
+    r = fake_tart.tart("run", "vm", "--net-softnet", env=fake_tart.env(softnet=False))
+    assert (r.returncode, r.stderr) == (
+        1,
+        'Error: InitializationFailed(why: "softnet not found in PATH")\n',
+    )
+    r = fake_tart.tart("run", "vm", "--net-host", env=fake_tart.env(softnet=False))
+    assert r.returncode == 1 and "softnet not found in PATH" in r.stderr
+    r = fake_tart.tart("run", "vm", "--root-disk-opts", "ro,sync=sometimes")
+    assert (r.returncode, r.stderr) == (
+        1,
+        'unsupported disk image synchronization mode: "sometimes"\n',
+    )
+    r = fake_tart.tart("run", "vm", "--root-disk-opts=caching=maybe")
+    assert (r.returncode, r.stderr) == (1, 'unsupported disk image caching mode: "maybe"\n')
+    r = fake_tart.tart("run", "vm", "--dir", f"data:{tmp_path}/does-not-exist:ro")
+    assert r.returncode == 1 and r.stderr.startswith("Error: Error Domain=VZErrorDomain Code=2")
+    assert "does-not-exist" in r.stderr
+    r = fake_tart.tart("run", "vm", "--disk", f"{tmp_path}/nope.img:ro")
+    assert r.returncode == 1 and "couldn\u2019t be opened because there is no such file" in r.stderr
+    usage_error(
+        fake_tart.tart("run", "vm", "--disk", "/isos/debian-12-amd64.iso"),
+        "/isos/debian-12-amd64.iso: x86_64 (amd64) ISO images cannot be booted on Apple Silicon, "
+        "use an arm64 image instead",
+    )
+    disk = tmp_path / "extra.img"
+    disk.write_bytes(b"\0" * 512)
+    import fcntl
+
+    with open(disk, "rb+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        r = fake_tart.tart("run", "vm", "--disk", f"{disk}:sync=none")
+        assert (r.returncode, r.stderr) == (
+            1,
+            f"disk {disk} seems to be already in use, unmount it first in Finder\n",
+        )
+    assert fake_tart.running_vms() == {}
+
+
+def test_dir_grammar(tmp_path: Path):
+    home = os.path.expanduser("~")
+    s = parse_dir("~/src")
+    assert (s.name, s.path, s.ro, s.tag) == (
+        None,
+        os.path.join(home, "src"),
+        False,
+        "com.apple.virtio-fs.automount",
+    )
+    s = parse_dir("build:~/src/build")
+    assert (s.name, s.path) == ("build", os.path.join(home, "src/build"))
+    s = parse_dir("sources:/src:ro")
+    assert (s.name, s.path, s.ro) == ("sources", "/src", True)
+    s = parse_dir("/build:ro,tag=build")
+    assert (s.name, s.path, s.ro, s.tag) == (None, "/build", True, "build")
+    s = parse_dir("/src:rw", cwd="/work")  # unknown options are not consumed
+    assert (s.name, s.path) == ("/src", "/work/rw")
+    s = parse_dir("rel/dir", cwd="/work")
+    assert s.path == "/work/rel/dir"
+    s = parse_dir("https://example.com/a.tar.gz:ro,tag=x")
+    assert (s.url, s.path, s.ro, s.tag) == (True, "https://example.com/a.tar.gz", True, "x")
+    g = group_shares(
+        [parse_dir("a:/x"), parse_dir("b:/y"), parse_dir("a:/z"), parse_dir("/w:tag=t")]
+    )
+    assert [(s.name, s.path) for s in g["com.apple.virtio-fs.automount"]] == [
+        ("b", "/y"),
+        ("a", "/z"),
+    ]
+    assert [(s.name, s.path) for s in g["t"]] == [(None, "/w")]
+
+
+# ---------------------------------------------------------------------------
+# run: lifecycle, locks, signals
+
+
+@needs_guest
+def test_run_lock_stop_and_states(fake_tart: FakeTart):
+    fake_tart.make_vm("vm")
+    vm, ip = fake_tart.start_vm("vm")
+    assert re.fullmatch(r"127\.0\.0\.\d+", ip)
+    assert fake_tart.running_vms() == {"vm": vm.pid}
+    rows = json.loads(fake_tart.tart("list", "--format", "json").stdout)
+    assert (rows[0]["Running"], rows[0]["State"]) == (True, "running")
+    assert json.loads(fake_tart.tart("get", "vm", "--format", "json").stdout)["State"] == "running"
+    r = fake_tart.tart("run", "vm", "--no-graphics")
+    assert (r.returncode, r.stderr) == (2, 'VM "vm" is already running!\n')
+    r = fake_tart.tart("delete", "vm")
+    assert (r.returncode, r.stderr) == (1, 'VM "vm" is running\n')
+    assert fake_tart.tart("ip", "vm").stdout == f"{ip}\n"
+    # set has no running check and keeps the lock (config.json is rewritten in place)
+    assert fake_tart.tart("set", "vm", "--cpu", "8").returncode == 0
+    assert fake_tart.running_vms() == {"vm": vm.pid}
+    r = fake_tart.tart("stop", "vm")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert vm.wait() == 0
+    assert vm.stdout == "Stopping VM...\n" and vm.stderr == ""
+    assert fake_tart.running_vms() == {}
+    assert fake_tart.guest_gone(ip)
+    r = fake_tart.tart("stop", "vm")
+    assert (r.returncode, r.stderr) == (2, 'VM "vm" is not running\n')
+    assert fake_tart.tart("delete", "vm").returncode == 0
+
+
+@needs_guest
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_hard_kill_releases_lock_and_guest(fake_tart: FakeTart, sig):
+    fake_tart.make_vm("vm")
+    vm, ip = fake_tart.start_vm("vm")
+    guest_pid = fake_tart.runtime("vm")["guest_pid"]
+    assert fake_tart.port_open(ip)
+    vm.signal(sig)
+    assert vm.wait() == -sig
+    assert vm.stdout == "" and fake_tart.running_vms() == {}
+    assert fake_tart.tart("list", "--format", "json").stdout.count('"stopped"') == 1
+    wait_for(lambda: not pid_alive(guest_pid), what="the guest to die with tart run")
+    wait_for(lambda: fake_tart.guest_gone(ip), what="sshd to go away")
+    # a leftover of the crashed run never blocks the next one
+    vm2, ip2 = fake_tart.start_vm("vm")
+    assert fake_tart.ssh(ip2, "true").returncode == 0
+    vm2.kill()
+
+
+@needs_guest
+def test_stop_timeout_escalates_to_sigkill(fake_tart: FakeTart):
+    fake_tart.make_vm("vm", LINUX_IMAGE)
+    vm, _ = fake_tart.start_vm("vm")
+    fake_tart.set_knobs("vm", stop_hang=True)
+    t0 = time.monotonic()
+    r = fake_tart.tart("stop", "vm", "-t", "1")
+    assert r.returncode == 0 and 0.9 < time.monotonic() - t0 < 5
+    assert vm.wait() == -signal.SIGKILL and vm.stdout == "Stopping VM...\n"
+    vm2, _ = fake_tart.start_vm("vm")
+    assert fake_tart.tart("stop", "vm", "--timeout=0").returncode == 0
+    assert vm2.wait() == -signal.SIGKILL and vm2.stdout == ""
+
+
+@needs_guest
+def test_ip_resolvers_and_knobs(fake_tart: FakeTart):
+    fake_tart.make_vm("mac", "ghcr.io/cirruslabs/macos-sequoia-vanilla:latest")  # no guest agent
+    fake_tart.make_vm("lin", LINUX_IMAGE)
+    r = fake_tart.tart("ip", "mac")
+    assert (r.returncode, r.stderr) == (1, "no IP address found, is your VM running?\n")
+    r = fake_tart.tart("ip", "nope")
+    assert r.returncode == 2
+    fake_tart.set_knobs("mac", boot_delay=0.6, no_ip_for=0.6)
+    vm = fake_tart.run_vm("mac")
+    wait_for(lambda: fake_tart.running_vms().get("mac"), what="the lock")
+    r = fake_tart.tart("ip", "mac")
+    assert (r.returncode, r.stderr) == (1, "no IP address found\n")  # running, but no lease yet
+    t0 = time.monotonic()
+    r = fake_tart.tart("ip", "mac", "--wait", "10")
+    assert r.returncode == 0 and 0.9 <= time.monotonic() - t0 < 4, (r, time.monotonic() - t0)
+    ip = r.stdout.strip()
+    assert fake_tart.tart("ip", "mac", "--resolver", "arp").stdout == f"{ip}\n"
+    r = fake_tart.tart("ip", "mac", "--resolver=agent")
+    assert (r.returncode, r.stderr) == (
+        1,
+        "no IP address found (also make sure that Guest agent for Tart is running inside of a "
+        "VM)\n",
+    )
+    r = fake_tart.tart("ip", "lin", "--resolver", "arp")
+    assert r.stderr == (
+        "no IP address found, is your VM running? "
+        "(not all Linux distributions are compatible with the ARP resolver)\n"
+    )
+    usage_error(
+        fake_tart.tart("ip", "mac", "--resolver", "mdns"),
+        "The value 'mdns' is invalid for '--resolver <resolver>'. Please provide one of 'dhcp', "
+        "'arp' and 'agent'.",
+    )
+    assert fake_tart.tart("stop", "mac").returncode == 0
+    assert vm.wait() == 0
+    # like vmnet's DHCP, the lease outlives the VM: dhcp still answers, arp does not
+    assert fake_tart.tart("ip", "mac").stdout == f"{ip}\n"
+    assert fake_tart.tart("ip", "mac", "--resolver", "arp").returncode == 1
+    fake_tart.set_knobs("lin", stale_lease=False)
+    vm, lip = fake_tart.start_vm("lin", "--net-bridged", "en0")
+    assert fake_tart.tart("ip", "lin").returncode == 1  # bridged: not in the host's lease table
+    assert fake_tart.tart("ip", "lin", "--resolver", "arp").stdout == f"{lip}\n"
+    vm.kill()
+
+
+@needs_guest
+def test_ip_change_knob(fake_tart: FakeTart):
+    fake_tart.make_vm("vm", LINUX_IMAGE)
+    fake_tart.set_knobs("vm", ip_change_after=0.3)
+    vm, ip = fake_tart.start_vm("vm")
+    new = wait_for(
+        lambda: (fake_tart.runtime("vm").get("addr") != ip) and fake_tart.runtime("vm")["addr"],
+        what="the address change",
+    )
+    assert fake_tart.tart("ip", "vm").stdout == f"{new}\n"
+    assert fake_tart.ssh(new, "echo moved").stdout == "moved\n"
+    assert fake_tart.guest_gone(ip)
+    assert any("address changed" in ln for ln in fake_tart.guest_log("vm"))
+    vm.kill()
+
+
+@needs_guest
+def test_macos_vm_limit(fake_tart: FakeTart):
+    for n in ("m1", "m2", "m3"):
+        fake_tart.make_vm(n)
+    fake_tart.make_vm("lin", LINUX_IMAGE)
+    v1, _ = fake_tart.start_vm("m1")
+    vl, _ = fake_tart.start_vm("lin")
+    v2, _ = fake_tart.start_vm("m2")  # the Linux guest does not count
+    r = fake_tart.tart("run", "m3", "--no-graphics")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert (
+        r.stderr == "The number of VMs exceeds the system limit (other running VMs: lin, m1, m2)\n"
+    )
+    assert "m3" not in fake_tart.running_vms()
+    v3, _ = fake_tart.start_vm("m3", env=fake_tart.env(FAKETART_MAX_MACOS_VMS="3"))
+    assert sorted(fake_tart.running_vms()) == ["lin", "m1", "m2", "m3"]
+    for v in (v1, v2, v3, vl):
+        v.kill()
+    r = fake_tart.tart("run", "m1", env=fake_tart.env(FAKETART_MAX_MACOS_VMS="0"))
+    assert r.stderr == "The number of VMs exceeds the system limit\n"
+
+
+@needs_guest
+def test_crash_and_start_failure_knobs(fake_tart: FakeTart):
+    # knobs carried by a registry image propagate to its clones
+    ref = fake_tart.add_image(
+        "ghcr.io/acme/crashy:1", os="linux", knobs={"crash_after": 0.3, "crash_exit_code": 3}
+    )
+    fake_tart.clone(ref, "vm")
+    vm = fake_tart.run_vm("vm")
+    assert vm.wait() == 3
+    assert vm.stderr.startswith("Error: Error Domain=VZErrorDomain Code=1") and vm.stdout == ""
+    assert fake_tart.running_vms() == {}
+    fake_tart.remove_image(ref)  # the clone keeps the knobs it got at clone time
+    fake_tart.set_knobs("vm", crash_exit_code=5, crash_message="")
+    vm = fake_tart.run_vm("vm")
+    assert (vm.wait(), vm.stderr) == (5, "")
+    fake_tart.set_knobs(
+        "vm", crash_after=None, start_failure={"message": "Error: no luck", "exit_code": 1}
+    )
+    r = fake_tart.tart("run", "vm", "--no-graphics")
+    assert (r.returncode, r.stderr) == (1, "Error: no luck\n")
+    fake_tart.clear_knobs()
+    fake_tart.set_image_knobs("ghcr.io/acme/crashy:*", start_failure=True)
+    r = fake_tart.tart("run", "vm", "--no-graphics")
+    assert r.returncode == 1 and r.stderr.startswith(
+        'Error: Error Domain=VZErrorDomain Code=1 "The virtual machine failed to start."'
+    )
+
+
+@needs_guest
+def test_softnet_child(fake_tart: FakeTart):
+    fake_tart.make_vm("vm", LINUX_IMAGE)
+    vm, _ = fake_tart.start_vm(
+        "vm", "--net-softnet-allow", "10.0.0.0/8,192.168.0.0/16", "--net-softnet-expose=2222:22"
+    )
+    rt = fake_tart.runtime("vm")
+    mac = fake_tart.config("vm")["macAddress"]
+    assert rt["network"] == "softnet"
+    assert rt["softnet_argv"][1:] == [
+        "--vm-fd",
+        "0",
+        "--vm-mac-address",
+        mac,
+        "--allow",
+        "10.0.0.0/8,192.168.0.0/16",
+        "--expose",
+        "2222:22",
+    ]
+    assert rt["softnet_argv"][0] == str(fake_tart.softnet_dir / "softnet")
+    assert pid_alive(rt["softnet_pid"])
+    fake_tart.tart("stop", "vm")
+    assert vm.wait() == 0
+    assert not pid_alive(rt["softnet_pid"])
+    vm, _ = fake_tart.start_vm("vm", "--net-host")
+    assert fake_tart.runtime("vm")["softnet_argv"][-2:] == ["--vm-net-type", "host"]
+    vm.kill()
+    fake_tart.set_knobs("vm", softnet_exit_after=0.2)
+    vm = fake_tart.run_vm("vm", "--net-softnet")
+    assert vm.wait() == 1
+    assert vm.stderr == 'Error: RuntimeFailed(why: "Softnet process terminated prematurely")\n'
+
+
+@needs_guest
+def test_mac_collision_on_run(fake_tart: FakeTart):
+    fake_tart.make_vm("a", LINUX_IMAGE)
+    fake_tart.make_vm("b", LINUX_IMAGE)
+    cfg_b = fake_tart.config("b")
+    cfg_b["macAddress"] = fake_tart.config("a")["macAddress"]
+    (fake_tart.vm_dir("b") / "config.json").write_text(json.dumps(cfg_b))
+    va, _ = fake_tart.start_vm("a")
+    vb, _ = fake_tart.start_vm("b")
+    assert fake_tart.config("b")["macAddress"] != fake_tart.config("a")["macAddress"]
+    vb.kill()
+    assert vb.stdout == (
+        "There is already a running VM with the same MAC address!\n"
+        "Resetting VM to assign a new MAC address...\n"
+    )
+    va.kill()
+
+
+@needs_guest
+def test_suspend_resume_and_sigusr2(fake_tart: FakeTart):
+    fake_tart.make_vm("mac")
+    vm, _ = fake_tart.start_vm("mac", "--suspendable")
+    assert fake_tart.tart("suspend", "mac").returncode == 0
+    assert vm.wait() == 0
+    assert vm.stdout.splitlines() == [
+        "pausing VM to take a snapshot...",
+        "creating a snapshot...",
+        "snapshot created successfully! shutting down the VM...",
+    ]
+    assert (
+        json.loads(fake_tart.tart("get", "mac", "--format", "json").stdout)["State"] == "suspended"
+    )
+    vm, _ = fake_tart.start_vm("mac")
+    assert vm.proc.poll() is None
+    fake_tart.tart("stop", "mac")
+    vm.wait()
+    assert vm.stdout.splitlines() == [
+        "restoring VM state from a snapshot...",
+        "resuming VM...",
+        "Stopping VM...",
+    ]
+    r = fake_tart.tart("suspend", "mac")
+    assert (r.returncode, r.stderr) == (2, 'VM "VM "mac" is not running" is not running\n')
+    # a stopped-but-suspended VM: stop just discards the snapshot
+    (fake_tart.vm_dir("mac") / "state.vzvmsave").write_bytes(b"x")
+    assert (
+        fake_tart.tart("stop", "mac").returncode == 0
+        and not (fake_tart.vm_dir("mac") / "state.vzvmsave").exists()
+    )
+    # SIGUSR2: macOS shows a dialog (nothing happens); a Linux guest shuts down
+    fake_tart.make_vm("lin", LINUX_IMAGE)
+    vm, _ = fake_tart.start_vm("lin")
+    vm.signal(signal.SIGUSR2)
+    assert vm.wait() == 0
+    assert vm.stdout == "Requesting guest OS to stop...\nguest has stopped the virtual machine\n"
+
+
+# ---------------------------------------------------------------------------
+# The guest
+
+
+@needs_guest
+def test_ssh_guest_environment(fake_tart: FakeTart):
+    fake_tart.make_vm("vm")
+    vm, ip = fake_tart.start_vm("vm")
+    r = fake_tart.ssh(
+        ip,
+        "id -un; echo $HOME; pwd; sudo id -un; command -v log sudo shutdown; "
+        "ls /proc | grep -c '^[0-9]'; test -d '/Volumes/My Shared Files' && echo vol",
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split()
+    assert lines[:4] == ["admin", "/Users/admin", "/Users/admin", "admin"]
+    assert lines[4:7] == ["/usr/bin/log", "/usr/bin/sudo", "/usr/sbin/shutdown"]
+    assert int(lines[7]) < 15  # a private PID namespace: no host processes
+    assert lines[8] == "vol"
+    r = fake_tart.ssh(ip, "true", password="wrong")
+    assert r.returncode == 255
+    r = fake_tart.ssh(
+        ip,
+        "grep -c faketart /usr/sbin/shutdown /sbin/shutdown /usr/sbin/poweroff /usr/sbin/reboot "
+        "/usr/sbin/halt /sbin/halt /sbin/poweroff /sbin/reboot",
+    )
+    # the host's real shutdown is unreachable: every path is the guest's own
+    counts = [int(ln.rsplit(":", 1)[1]) for ln in r.stdout.splitlines()]
+    assert r.returncode == 0 and len(counts) == 8 and all(c > 0 for c in counts), r.stdout
+    # the guest user does not exist on the host; the host's files are untouched
+    assert "admin:x:" not in Path("/etc/passwd").read_text()
+    assert not Path("/usr/bin/log").exists() and not Path("/Volumes").exists()
+    # the home directory persists across restarts
+    assert fake_tart.ssh(ip, "echo kept > ~/note").returncode == 0
+    key = fake_tart.host_key(ip)
+    fake_tart.tart("stop", "vm")
+    vm.wait()
+    vm, ip = fake_tart.start_vm("vm")
+    assert fake_tart.ssh(ip, "cat ~/note").stdout == "kept\n"
+    assert fake_tart.host_key(ip) == key  # stable across restarts of the same VM
+    fake_tart.tart("clone", "vm", "copy")
+    vc, ipc = fake_tart.start_vm("copy")
+    assert fake_tart.host_key(ipc) != key  # a fresh clone gets a new key
+    vc.kill()
+    vm.kill()
+
+
+@needs_guest
+def test_custom_image_user_and_linux_home(fake_tart: FakeTart):
+    ref = fake_tart.add_image(
+        "ghcr.io/acme/debian-ci:12", os="linux", user="runner", password="pw-123"
+    )
+    fake_tart.clone(ref, "deb")
+    vm, ip = fake_tart.start_vm("deb")
+    r = fake_tart.ssh(ip, "id -un; echo $HOME", user="runner", password="pw-123")
+    assert r.stdout.split() == ["runner", "/home/runner"], r.stderr
+    assert fake_tart.ssh(ip, "true", user="admin", password="admin").returncode == 255
+    vm.kill()
+
+
+@needs_guest
+def test_guest_log_stream_and_show_resume(fake_tart: FakeTart):
+    fake_tart.make_vm("vm")
+    fake_tart.set_knobs("vm", log_rate=20)
+    vm, ip = fake_tart.start_vm("vm")
+    proc = fake_tart.ssh_popen(ip, "/usr/bin/log stream --style syslog --level=info")
+    try:
+        fd = proc.stdout.fileno()
+        buf = ""
+        deadline = time.monotonic() + 10
+        while buf.count("\n") < 6 and time.monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], 1)
+            if r:
+                buf += os.read(fd, 65536).decode()
+    finally:
+        proc.kill()
+        proc.communicate()
+    lines = buf.splitlines()
+    assert lines[0] == "Timestamp                       (process)[PID]"
+    pat = re.compile(
+        r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}\+0000)  localhost [\w-]+\[\d+\]: seq=(\d+) .+$"
+    )
+    parsed = [pat.match(ln) for ln in lines[1:6]]
+    assert all(parsed), lines
+    seqs = [int(m.group(2)) for m in parsed]
+    assert seqs == list(range(seqs[0], seqs[0] + 5))  # no gaps
+    # reconnect and resume from the last timestamp seen:
+    # no gap, and no duplicate once lines with seq <= last are dropped
+    last_ts, last_seq = parsed[-1].group(1), seqs[-1]
+    wait_for(lambda: len(fake_tart.guest_log("vm")) > last_seq + 3, what="more guest log lines")
+    r = fake_tart.ssh(ip, f"log show --style syslog --start '{last_ts}'")
+    assert r.returncode == 0, r.stderr
+    shown = [pat.match(ln) for ln in r.stdout.splitlines()]
+    shown = [int(m.group(2)) for m in shown if m]
+    assert shown[0] == last_seq  # --start is inclusive
+    assert shown == list(range(last_seq, last_seq + len(shown))) and len(shown) >= 4
+    assert r.stdout.splitlines()[0].startswith("Timestamp")
+    # a time zone offset is honoured
+    r2 = fake_tart.ssh(ip, f"log show --start '{last_ts[:-5]}+0100'")
+    assert len(r2.stdout.splitlines()) > len(r.stdout.splitlines())
+    # the rate knob is re-read while the VM runs: at 20 lines/s, 300 more lines would take 15 s
+    n0 = len(fake_tart.guest_log("vm"))
+    fake_tart.set_knobs("vm", log_rate=500)
+    wait_for(lambda: len(fake_tart.guest_log("vm")) >= n0 + 300, timeout=3, what="500 lines/s")
+    vm.kill()
+
+
+@needs_guest
+def test_shared_directories(fake_tart: FakeTart, tmp_path: Path):
+    ro_dir = tmp_path / "secrets"
+    rw_dir = tmp_path / "work"
+    tag_dir = tmp_path / "cache"
+    for d in (ro_dir, rw_dir, tag_dir):
+        d.mkdir()
+        d.chmod(0o700)  # like mkdtemp: only root may enter on the host
+    (ro_dir / "token").write_text("t0ken\n")
+    (tag_dir / "c").write_text("cached\n")
+    fake_tart.make_vm("vm")
+    vm, ip = fake_tart.start_vm(
+        "vm",
+        f"--dir=secrets:{ro_dir}:ro",
+        f"--dir=work:{rw_dir}",
+        f"--dir={tag_dir}:tag=build-cache",
+    )
+    root = "/Volumes/My Shared Files"
+    r = fake_tart.ssh(
+        ip,
+        f"ls '{root}'; cat '{root}/secrets/token'; touch '{root}/secrets/x' 2>&1; "
+        f"echo hi > '{root}/work/out.txt' && echo wrote",
+    )
+    assert r.stdout.splitlines()[:3] == ["secrets", "work", "t0ken"], r.stdout + r.stderr
+    assert "Read-only file system" in r.stdout and r.stdout.rstrip().endswith("wrote")
+    assert (rw_dir / "out.txt").read_text() == "hi\n"
+    assert not (ro_dir / "x").exists()
+    # a custom tag is not automounted; mount_virtiofs mounts it
+    r = fake_tart.ssh(ip, "mkdir -p ~/cache && mount_virtiofs build-cache ~/cache && cat ~/cache/c")
+    assert r.stdout == "cached\n", r.stderr
+    vm.kill()
+    # a single unnamed share shows its contents at the root
+    vm, ip = fake_tart.start_vm("vm", f"--dir={ro_dir}:ro")
+    assert fake_tart.ssh(ip, f"cat '{root}/token'").stdout == "t0ken\n"
+    vm.kill()
+
+
+@needs_guest
+def test_guest_shutdown_ends_run(fake_tart: FakeTart):
+    fake_tart.make_vm("vm")
+    vm, ip = fake_tart.start_vm("vm")
+    r = fake_tart.ssh(ip, "sudo shutdown -h now")
+    assert r.returncode in (0, 255)
+    assert vm.wait() == 0
+    assert vm.stdout == "guest has stopped the virtual machine\n" and vm.stderr == ""
+    assert fake_tart.running_vms() == {}
+    assert "SHUTDOWN_TIME" in fake_tart.guest_log("vm")[-1]
+    # plain `shutdown -h now` as well; `sudo reboot` keeps `tart run` going
+    vm, ip = fake_tart.start_vm("vm")
+    fake_tart.ssh(ip, "sudo reboot")
+    wait_for(
+        lambda: fake_tart.ssh(ip, "echo back").stdout == "back\n", what="the guest to come back"
+    )
+    assert vm.proc.poll() is None
+    fake_tart.ssh(ip, "shutdown -h now")
+    assert vm.wait() == 0 and vm.stdout.endswith("guest has stopped the virtual machine\n")
+
+
+@needs_guest
+def test_concurrent_homes_get_distinct_addresses(fake_tart: FakeTart, tmp_path: Path):
+    other = FakeTart(tmp_path / "other-home", tmp_path / "other")
+    try:
+        fake_tart.make_vm("vm", LINUX_IMAGE)
+        other.make_vm("vm", LINUX_IMAGE)
+        v1, ip1 = fake_tart.start_vm("vm")
+        _v2, ip2 = other.start_vm("vm")
+        assert ip1 != ip2
+        assert fake_tart.ssh(ip1, "echo one").stdout == "one\n"
+        assert other.ssh(ip2, "echo two").stdout == "two\n"
+    finally:
+        other.cleanup()
+    assert other.our_processes() == []
+    assert fake_tart.running_vms() == {"vm": v1.pid}
+
+
+@needs_guest
+def test_teardown_kills_everything(fake_tart: FakeTart):
+    fake_tart.make_vm("a")
+    fake_tart.make_vm("b", LINUX_IMAGE)
+    # started outside the fixture's tracking, as a driver would
+    env = fake_tart.env()
+    procs = [
+        subprocess.Popen(
+            [str(fake_tart.tart_path), "run", n, "--no-graphics", "--net-softnet"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for n in ("a", "b")
+    ]
+    try:
+        ips = [fake_tart.wait_ip(n) for n in ("a", "b")]
+        guests = [fake_tart.runtime(n)["guest_pid"] for n in ("a", "b")]
+        assert len(fake_tart.our_processes()) == 6  # 2 x (tart run, guest init, softnet)
+        fake_tart.cleanup()
+        assert fake_tart.our_processes() == [] and fake_tart.running_vms() == {}
+        assert not any(pid_alive(g) for g in guests)
+        assert all(fake_tart.guest_gone(ip) for ip in ips)
+        assert len(fake_tart.leftovers) == 6
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_lite_mode_without_guest(fake_tart: FakeTart):
+    """FAKETART_GUEST=none: no SSH guest (e.g. not root), everything else still works."""
+    fake_tart.make_vm("vm", LINUX_IMAGE)
+    env = fake_tart.env(FAKETART_GUEST="none")
+    vm, ip = fake_tart.start_vm("vm", env=env)
+    assert fake_tart.runtime("vm")["mode"] == "none"
+    assert fake_tart.tart("ip", "vm", env=env).stdout == f"{ip}\n"
+    assert fake_tart.tart("stop", "vm", env=env).returncode == 0
+    assert vm.wait() == 0 and vm.stdout == "Stopping VM...\n"
+
+
+def test_vnc_serial_and_exec(fake_tart: FakeTart):
+    fake_tart.make_vm("vm", LINUX_IMAGE)
+    env = fake_tart.env(FAKETART_GUEST="none")
+    vm, ip = fake_tart.start_vm("vm", "--vnc", "--serial", env=env)
+    r = fake_tart.tart("exec", "vm", "uname")
+    assert r.returncode == 1 and "is the Tart Guest Agent running?" in r.stderr
+    fake_tart.tart("stop", "vm")
+    assert vm.wait() == 0
+    lines = vm.stdout.splitlines()
+    assert re.fullmatch(r"Successfully open pty /dev/\S+", lines[0])
+    assert lines[1:] == [f"VNC server is running at vnc://{ip}", "Stopping VM..."]
+    r = fake_tart.tart("exec", "vm", "uname")
+    assert (r.returncode, r.stderr) == (2, 'VM "vm" is not running\n')
