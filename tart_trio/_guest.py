@@ -154,10 +154,18 @@ class Guest:
             truncated=truncated,
         )
 
-    async def stream(self, argv: Sequence[str], on_data: Callable[[bytes], None]) -> int:
-        """Run argv and hand stdout to ``on_data`` as it arrives; return the exit status."""
+    async def stream(
+        self,
+        argv: Sequence[str],
+        on_data: Callable[[bytes], None],
+        on_started: Callable[[], None] = lambda: None,
+    ) -> int:
+        """Run argv and hand stdout to ``on_data`` as it arrives; return the exit status.
+
+        ``on_started`` is called once the remote process runs.
+        """
         try:
-            return await run_aio(self._stream_aio, shell_join(argv), on_data)
+            return await run_aio(self._stream_aio, shell_join(argv), on_data, on_started)
         except (OSError, asyncssh.Error) as exc:
             raise GuestError(f"SSH stream ended on {self.address.host}: {exc}") from exc
 
@@ -174,12 +182,15 @@ class Guest:
             if not isinstance(exc.__cause__, asyncssh.ConnectionLost):
                 raise
 
-    async def _stream_aio(self, command: str, on_data: Callable[[bytes], None]) -> int:
+    async def _stream_aio(
+        self, command: str, on_data: Callable[[bytes], None], on_started: Callable[[], None]
+    ) -> int:
         async with self._conn.create_process(
             command, encoding=None, stderr=asyncssh.DEVNULL
         ) as process:
             try:
                 process.stdin.write_eof()
+                on_started()
                 while chunk := await process.stdout.read(_CHUNK):
                     on_data(chunk)
                 completed = await process.wait()

@@ -27,6 +27,14 @@ from tart_trio import _guest, _proc
 from tart_trio._config import TaskConfig, network_mode
 from tart_trio._errors import RecoverableError, TartTrioError
 from tart_trio._fifo import FifoWriter
+from tart_trio._groups import single_errors
+from tart_trio._logcursor import (
+    HeldOutput,
+    LinePump,
+    cursor_path,
+    load_cursor,
+    resume_command,
+)
 from tart_trio._model import ExitResult, NomadTask, TaskPhase
 from tart_trio._pulls import Pulls
 from tart_trio._state import DriverState
@@ -42,6 +50,8 @@ FORCE_SECONDS: Final = 15.0
 SHUTDOWN_SSH_SECONDS: Final = 5.0
 LOG_RETRY_MAX: Final = 10.0
 PROGRESS_EVERY: Final = 10.0
+REPLAY_LIMIT: Final = 64 << 20
+REPLAY_HOLD_LIMIT: Final = 16 << 20
 GRACEFUL_SIGNALS: Final = frozenset({"", "SIGINT", "SIGTERM", "SIGQUIT", "INT", "TERM", "QUIT"})
 POWER_OFF_SIGNALS: Final = frozenset({"SIGKILL", "KILL"})
 
@@ -113,6 +123,14 @@ class TaskRunner:
             self.phase = "running"
             task_status.started(state)
             await self.watch(state)
+
+    async def watch(self, state: DriverState) -> None:
+        """Watch the VM until it ends; a bug here ends the task, never the plugin."""
+        try:
+            await self._watch(state)
+        except Exception as exc:
+            log.error("watching the VM failed", exc_info=exc, extra={"vm": self.vm_name})
+            self.finish(ExitResult(exit_code=1, err=f"the driver lost track of the VM: {exc}"))
 
     async def _start(self) -> DriverState:
         tart = self.ctx.tart
@@ -247,23 +265,24 @@ class TaskRunner:
     async def _wait_reachable(
         self, tart: Tart, supervisor_pid: int, token: str | None
     ) -> tuple[str, str]:
-        async with trio.open_nursery() as nursery:
-            outcome: list[tuple[str, str]] = []
+        outcome: list[tuple[str, str]] = []
 
-            async def watch_early_exit() -> None:
-                await _proc.wait_exit(supervisor_pid, token)
-                nursery.cancel_scope.cancel()
+        async def watch_early_exit(scope: trio.CancelScope) -> None:
+            await _proc.wait_exit(supervisor_pid, token)
+            scope.cancel()
 
-            async def discover() -> None:
-                ip = await self._discover_ip(tart)
-                address = _guest.GuestAddress(
-                    host=ip, user=self.config.ssh_user, password=self.config.ssh_password
-                )
-                outcome.append((ip, await _guest.wait_for_guest(address)))
-                nursery.cancel_scope.cancel()
+        async def discover(scope: trio.CancelScope) -> None:
+            ip = await self._discover_ip(tart)
+            address = _guest.GuestAddress(
+                host=ip, user=self.config.ssh_user, password=self.config.ssh_password
+            )
+            outcome.append((ip, await _guest.wait_for_guest(address)))
+            scope.cancel()
 
-            nursery.start_soon(watch_early_exit)
-            nursery.start_soon(discover)
+        with single_errors():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_early_exit, nursery.cancel_scope)
+                nursery.start_soon(discover, nursery.cancel_scope)
         if outcome:
             return outcome[0]
         raise self._early_exit_error()
@@ -299,7 +318,7 @@ class TaskRunner:
 
     # ---- running ---------------------------------------------------------------------
 
-    async def watch(self, state: DriverState) -> None:
+    async def _watch(self, state: DriverState) -> None:
         """Own the exit watcher and the log stream until the VM ends."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pump_logs, state)
@@ -367,6 +386,7 @@ class TaskRunner:
         )
 
     async def _pump_logs(self, state: DriverState) -> None:
+        """Guest log lines into the stdout FIFO, reconnecting with backoff until the VM ends."""
         writer = FifoWriter(state.stdout_path)
         address = _guest.GuestAddress(
             host=state.ip,
@@ -374,15 +394,16 @@ class TaskRunner:
             password=self.config.ssh_password,
             host_key=state.host_key,
         )
+        cursor_file = cursor_path(state.runtime_dir)
         delay = 0.5
         try:
             while True:
                 try:
                     async with _guest.open_guest(address) as guest:
                         delay = 0.5
-                        await guest.stream(self.config.log_command, writer.write)
+                        await self._stream_logs(guest, writer, cursor_file)
                 except _guest.HostKeyMismatch as exc:
-                    self._emit(str(exc), {"vm": self.vm_name})
+                    self._emit(f"Log streaming stopped: {exc}", {"vm": self.vm_name})
                     return
                 except _guest.GuestError as exc:
                     log.debug(
@@ -392,6 +413,28 @@ class TaskRunner:
                 delay = min(delay * 2, LOG_RETRY_MAX)
         finally:
             writer.close()
+
+    async def _stream_logs(
+        self, guest: _guest.Guest, writer: FifoWriter, cursor_file: Path
+    ) -> None:
+        command = self.config.log_command
+        cursor = load_cursor(cursor_file)
+        replay = resume_command(command, cursor) if cursor is not None else None
+        if replay is None:
+            pump = LinePump(writer.write, cursor_file, skipping_untimed=False)
+            await guest.stream(command, pump.feed)
+            return
+        pump = LinePump(writer.write, cursor_file, skipping_untimed=True)
+        live = HeldOutput(pump.feed, REPLAY_HOLD_LIMIT)
+        running = trio.Event()
+        with single_errors():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(guest.stream, command, live.feed, running.set)
+                await running.wait()  # the live stream runs before the replay is taken
+                replayed = await guest.run(replay, max_output=REPLAY_LIMIT)
+                pump.feed(replayed.stdout)
+                pump.end_of_replay()
+                live.release()
 
     # ---- stop / destroy ----------------------------------------------------------------
 

@@ -1,0 +1,163 @@
+"""Guest log lines into the task's stdout FIFO, resumable without gap or duplicate.
+
+macOS ``log`` prints syslog-style lines that start with a timestamp. The pump remembers
+the last delivered line as (timestamp, how many lines carried that timestamp) in a small
+file next to the VM's other runtime files. After a plugin restart it asks the guest for
+``log show --start <that second>`` and skips everything up to the cursor, then continues
+with ``log stream``, skipping lines already delivered.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final
+
+import msgspec
+
+_TIMESTAMP: Final = re.compile(rb"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?(?:[+-]\d{4})?)\s")
+_SHOW_FOOTER: Final = (b"-----", b"Log      -", b"Activity -")
+_LINE_LIMIT: Final = 1 << 20
+
+
+class Cursor(msgspec.Struct, frozen=True):
+    """The last delivered line: its timestamp and its rank among lines with that timestamp."""
+
+    timestamp: str
+    count: int
+
+
+def load_cursor(path: Path) -> Cursor | None:
+    """The saved cursor, if any."""
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=Cursor)
+    except (OSError, msgspec.DecodeError):
+        return None
+
+
+def _save_cursor(path: Path, cursor: Cursor) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(msgspec.json.encode(cursor))
+    os.replace(tmp, path)
+
+
+def resume_command(stream_command: Sequence[str], cursor: Cursor) -> list[str] | None:
+    """The ``log show`` that replays what a ``log stream`` command missed (None: can't)."""
+    if len(stream_command) < 2 or os.path.basename(stream_command[0]) != "log":
+        return None
+    if stream_command[1] != "stream":
+        return None
+    show = [stream_command[0], "show"]
+    args = list(stream_command[2:])
+    while args:
+        arg = args.pop(0)
+        if arg in ("--level", "--type", "--timeout") and args:
+            value = args.pop(0)
+            if arg == "--level" and value in ("info", "debug"):
+                show += ["--info"] + (["--debug"] if value == "debug" else [])
+        elif arg.startswith("--level="):
+            value = arg.split("=", 1)[1]
+            if value in ("info", "debug"):
+                show += ["--info"] + (["--debug"] if value == "debug" else [])
+        else:
+            show.append(arg)
+    return [*show, "--start", cursor.timestamp[:19]]
+
+
+class LinePump:
+    """Splits output into lines, skips what the cursor says was delivered, writes the rest."""
+
+    def __init__(
+        self, write: Callable[[bytes], None], cursor_file: Path, *, skipping_untimed: bool
+    ) -> None:
+        self._write = write
+        self._file = cursor_file
+        self._resume = load_cursor(cursor_file)
+        self._partial = b""
+        self._ts = b""
+        self._rank = 0
+        self._emitting = not skipping_untimed
+        self._dirty = False
+
+    @property
+    def cursor(self) -> Cursor | None:
+        """Where delivery stands now."""
+        if self._ts:
+            return Cursor(self._ts.decode(), self._rank)
+        return self._resume
+
+    def feed(self, chunk: bytes) -> None:
+        """Handle a chunk of output: deliver new complete lines, remember the cursor."""
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > _LINE_LIMIT:
+            lines.append(self._partial)
+            self._partial = b""
+        out = [line + b"\n" for line in lines if self._keep(line)]
+        if out:
+            self._write(b"".join(out))
+        if self._dirty:
+            self._dirty = False
+            current = self.cursor
+            if current is not None:
+                _save_cursor(self._file, current)
+
+    def end_of_replay(self) -> None:
+        """The replayed part is over: the live stream follows and repeats its tail."""
+        self._partial = b""
+        self._emitting = False
+        self._resume = self.cursor
+        self._ts = b""
+        self._rank = 0
+
+    def _keep(self, line: bytes) -> bool:
+        match = _TIMESTAMP.match(line)
+        if match is None:
+            if line.startswith(_SHOW_FOOTER):
+                return False
+            return self._emitting
+        ts = match.group(1)
+        self._rank = self._rank + 1 if ts == self._ts else 1
+        self._ts = ts
+        resume = self._resume
+        if resume is not None:
+            stamp = resume.timestamp.encode()
+            if ts < stamp or (ts == stamp and self._rank <= resume.count):
+                self._emitting = False
+                return False
+            self._resume = None
+        self._emitting = True
+        self._dirty = True
+        return True
+
+
+def cursor_path(runtime_dir: str) -> Path:
+    """Where a task's log cursor lives."""
+    return Path(runtime_dir) / "log.cursor"
+
+
+class HeldOutput:
+    """Holds a live stream's output (up to a limit) until ``release``, then passes it on."""
+
+    def __init__(self, deliver: Callable[[bytes], None], limit: int) -> None:
+        self._deliver = deliver
+        self._limit = limit
+        self._held: list[bytes] | None = []
+        self._size = 0
+
+    def feed(self, chunk: bytes) -> None:
+        """Hold or deliver a chunk."""
+        if self._held is None:
+            self._deliver(chunk)
+        elif self._size < self._limit:
+            self._held.append(chunk)
+            self._size += len(chunk)
+
+    def release(self) -> None:
+        """Deliver what was held; deliver directly from now on."""
+        held, self._held = self._held or [], None
+        for chunk in held:
+            self._deliver(chunk)
