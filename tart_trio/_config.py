@@ -100,6 +100,17 @@ class TaskConfig(Base, frozen=True):
     ] = DEFAULT_LOG_COMMAND
 
 
+class GCConfig(Base, frozen=True):
+    """The orphan reconciler (``gc { }``): removes ``nomad-<alloc id>`` VMs no task owns."""
+
+    enabled: Annotated[bool, _doc("Remove orphaned VMs.")] = True
+    period: Annotated[str, _doc("How often to look for orphans.")] = "5m"
+    creation_grace: Annotated[
+        str, _doc("Leave VMs (and a freshly started plugin) this long before judging.")
+    ] = "10m"
+    dry_run: Annotated[bool, _doc("Only log what would be removed.")] = False
+
+
 class PluginConfig(Base, frozen=True):
     """The agent's ``plugin "nomad-driver-tart" { config { } }`` block."""
 
@@ -120,6 +131,27 @@ class PluginConfig(Base, frozen=True):
     image_pull_inactivity_timeout: Annotated[
         str, _doc("A download that shows no progress for this long is abandoned.")
     ] = "5m"
+
+    gc: GCConfig | None = None
+    allowed_images: Annotated[
+        tuple[str, ...],
+        _doc("Glob patterns of images jobs may use; empty allows any remote image."),
+    ] = ()
+    allowed_directories: Annotated[
+        tuple[str, ...],
+        _doc("Host directory prefixes jobs may share; empty allows any absolute path."),
+    ] = ()
+    allowed_network_modes: Annotated[
+        tuple[str, ...], _doc("Network modes jobs may use: shared, host, bridged, softnet.")
+    ] = ("shared", "host", "bridged", "softnet")
+    max_macos_vms: Annotated[
+        int, Meta(ge=0, description="Most macOS VMs at once on this host (Apple allows 2).")
+    ] = 2
+
+    @property
+    def gc_config(self) -> GCConfig:
+        """The reconciler settings (defaults when the block is absent)."""
+        return self.gc if self.gc is not None else GCConfig()
 
     def seconds(self, field: str) -> float:
         """A duration field in seconds."""
@@ -184,9 +216,25 @@ _DURATIONS: Final = (
 
 def validate_plugin_config(config: PluginConfig) -> None:
     """Check the values msgspec's types cannot."""
-    for field in _DURATIONS:
+    for i, mode in enumerate(config.allowed_network_modes):
+        if mode not in ("shared", "host", "bridged", "softnet"):
+            raise ConfigError(
+                f"allowed_network_modes[{i}]",
+                f"{mode!r} is not one of: shared, host, bridged, softnet",
+                scope="plugin config",
+            )
+    for i, prefix in enumerate(config.allowed_directories):
+        if not prefix.startswith("/"):
+            raise ConfigError(
+                f"allowed_directories[{i}]",
+                f"{prefix!r} is not an absolute path",
+                scope="plugin config",
+            )
+    durations = [(field, getattr(config, field)) for field in _DURATIONS]
+    durations += [(f"gc.{f}", getattr(config.gc_config, f)) for f in ("period", "creation_grace")]
+    for field, text in durations:
         try:
-            seconds = config.seconds(field)
+            seconds = parse_duration(text)
         except ValueError as exc:
             raise ConfigError(field, str(exc), scope="plugin config") from None
         if seconds < 1:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
 import trio
 
-from tart_trio import _fingerprint, _stats
+from tart_trio import _exec, _fingerprint, _stats
 from tart_trio._config import PluginConfig, decode_plugin_config, decode_task_config
 from tart_trio._errors import TartTrioError, TaskNotFound
 from tart_trio._events import EventBus
 from tart_trio._model import (
     Capabilities,
+    ExecOutput,
     ExitResult,
     Fingerprint,
     NomadTask,
@@ -23,7 +24,9 @@ from tart_trio._model import (
     TaskEvent,
     TaskStatus,
 )
+from tart_trio._policy import check_task
 from tart_trio._pulls import Pulls
+from tart_trio._reconcile import run_reconciler
 from tart_trio._recovery import recover_runner
 from tart_trio._state import DriverState, decode_state, encode_state
 from tart_trio._tart.cli import Tart, TartNotFound, locate_tart
@@ -49,6 +52,8 @@ class Driver:
         self._vm_names: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self._pulls: Pulls | None = None
+        self._serving = trio.Event()
+        self._launch_lock = trio.Lock()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own every task's runner and the shared pulls until cancelled."""
@@ -56,7 +61,12 @@ class Driver:
             self._nursery = nursery
             self._pulls = Pulls(nursery)
             task_status.started()
-            await trio.sleep_forever()
+            # Only the client's real plugin instance (SetConfig with nomad_config) manages
+            # VMs on its own; the throwaway fingerprint and validation launches never do.
+            await self._serving.wait()
+            await run_reconciler(
+                self._tart, lambda: set(self._vm_names), lambda: self.config.gc_config
+            )
 
     def plugin_info(self) -> PluginInfo:
         """Name, version and the plugin API versions we speak."""
@@ -70,15 +80,16 @@ class Driver:
         self.api_version = api_version
         if client_ports is not None:
             self.client_port_range = client_ports
+            self._serving.set()
         self._config_changed.set()
         self._config_changed = trio.Event()
         log.debug("plugin configured", extra={"api_version": api_version})
 
     def capabilities(self) -> Capabilities:
-        """What works: stop/destroy/signals; the VM is its own image and network."""
+        """What works: stop/destroy/signals/exec; the VM is its own image and network."""
         return Capabilities(
             send_signals=True,
-            exec=False,
+            exec=True,
             fs_isolation="image",
             network_isolation_modes=("host",),
             must_create_network=False,
@@ -92,9 +103,12 @@ class Driver:
 
         Never returns on its own: Nomad treats an ended stream as a dead plugin.
         """
+        reported: set[str] = set()
         while True:
             changed = self._config_changed
-            await deliver(await _fingerprint.fingerprint(self.config))
+            current = await _fingerprint.fingerprint(self.config)
+            await deliver(_fingerprint.with_removals(current, reported))
+            reported = {k for k, v in current.attributes.items() if v != ""}
             with trio.move_on_after(self.config.fingerprint_period_seconds):
                 await changed.wait()
 
@@ -118,6 +132,8 @@ class Driver:
             boot_timeout=self.config.seconds("boot_timeout"),
             pull_timeout=self.config.seconds("image_pull_timeout"),
             pull_inactivity=self.config.seconds("image_pull_inactivity_timeout"),
+            max_macos_vms=self.config.max_macos_vms,
+            launch_lock=self._launch_lock,
         )
 
     def _emitter(self, task: NomadTask) -> Callable[[str, dict[str, str]], None]:
@@ -152,6 +168,7 @@ class Driver:
         if task.id in self._tasks:
             raise TartTrioError(f"task {task.id} is already running")
         config = decode_task_config(msgpack_config)
+        check_task(self.config, config)
         ctx = self._context()
         vm_name = self._claim_vm_name(task)
         emit = self._emitter(task)
@@ -249,3 +266,20 @@ class Driver:
             await deliver(await sampler.sample())
             with trio.move_on_after(max(interval, 0.1)):
                 await runner.exited.wait()
+
+    async def exec_task(
+        self, task_id: str, command: Sequence[str], time_limit: float
+    ) -> ExecOutput:
+        """Run a command in the guest (script checks); killed there after ``time_limit`` s."""
+        return await _exec.run_command(self._runner(task_id), command, time_limit)
+
+    async def exec_streaming(
+        self,
+        task_id: str,
+        command: Sequence[str],
+        tty: bool,
+        receive: _exec.Receive,
+        send: _exec.Send,
+    ) -> ExitResult:
+        """``nomad alloc exec``: an interactive session in the guest until the command ends."""
+        return await _exec.run_session(self._runner(task_id), command, tty, receive, send)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import shutil
+import subprocess
 from typing import Final
 
 import trio
@@ -11,9 +14,22 @@ from tart_trio._config import PluginConfig
 from tart_trio._errors import TartTrioError
 from tart_trio._model import AttributeValue, Fingerprint
 from tart_trio._tart.cli import Tart, locate_tart
+from tart_trio._tart.vms import running_macos_vms
 
 PREFIX: Final = "driver.tart"
 TART_CALL_SECONDS: Final = 10.0
+ATTRIBUTES: Final = tuple(
+    f"{PREFIX}.{name}"
+    for name in (
+        "path",
+        "version",
+        "host_virtualization",
+        "macos_version",
+        "chip",
+        "macos_vm_slots",
+        "macos_vm_slots_free",
+    )
+)
 
 DISABLED: Final = "The tart driver is disabled in the plugin configuration (enabled = false)."
 NOT_FOUND: Final = (
@@ -28,12 +44,54 @@ LIST_FAILED: Final = (
     "`tart list` failed; check that TART_HOME (tart_home) exists and is writable by the "
     "user that runs tart."
 )
+SOFTNET_MISSING: Final = (
+    "softnet was not found next to tart or in /opt/homebrew/bin, but allowed_network_modes "
+    "allows softnet or host networking: install it (brew install cirruslabs/cli/softnet) "
+    "or remove those modes."
+)
+ROOT_ON_MACOS_15: Final = (
+    "Running as root on macOS 15 or later: macOS guests fail to start when tart runs as root. "
+    "Run the Nomad client as the user who owns the VMs."
+)
 HEALTHY: Final = "Healthy"
 
 
 def host_supports_virtualization() -> bool:
     """Tart runs VMs only on Apple Silicon Macs."""
     return platform.system() == "Darwin" and platform.machine() == "arm64"
+
+
+def _command_output(*argv: str) -> str:
+    try:
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def host_attributes() -> dict[str, AttributeValue]:
+    """The host's macOS version and chip ("" elsewhere, which deletes the attribute)."""
+    darwin = platform.system() == "Darwin"
+    return {
+        f"{PREFIX}.host_virtualization": host_supports_virtualization(),
+        f"{PREFIX}.macos_version": platform.mac_ver()[0] if darwin else "",
+        f"{PREFIX}.chip": _command_output("sysctl", "-n", "machdep.cpu.brand_string")
+        if darwin
+        else "",
+    }
+
+
+def _macos_major() -> int:
+    version = platform.mac_ver()[0]
+    return int(version.split(".")[0]) if version else 0
+
+
+def softnet_missing(config: PluginConfig, tart: Tart) -> bool:
+    """Whether an allowed network mode needs softnet and tart would not find it."""
+    if not {"softnet", "host"} & set(config.allowed_network_modes):
+        return False
+    return shutil.which("softnet", path=tart.env.get("PATH")) is None
 
 
 async def fingerprint(config: PluginConfig) -> Fingerprint:
@@ -44,18 +102,33 @@ async def fingerprint(config: PluginConfig) -> Fingerprint:
     if path is None:
         return Fingerprint(attributes={}, health="undetected", description=NOT_FOUND)
     tart = Tart(path, config.tart_home)
-    attributes: dict[str, AttributeValue] = {
-        f"{PREFIX}.path": path,
-        f"{PREFIX}.host_virtualization": host_supports_virtualization(),
-    }
+    attributes: dict[str, AttributeValue] = {f"{PREFIX}.path": path, **host_attributes()}
     try:
         with trio.fail_after(TART_CALL_SECONDS):
             attributes[f"{PREFIX}.version"] = await tart.version()
     except (TartTrioError, OSError, trio.TooSlowError):
         return Fingerprint(attributes=attributes, health="unhealthy", description=VERSION_FAILED)
     try:
-        with trio.fail_after(TART_CALL_SECONDS):
-            await tart.run("list", "--format", "json")
-    except (TartTrioError, OSError, trio.TooSlowError):
+        with trio.fail_after(TART_CALL_SECONDS * 3):
+            running = await running_macos_vms(tart)
+    except (TartTrioError, OSError, trio.TooSlowError, ValueError):
         return Fingerprint(attributes=attributes, health="unhealthy", description=LIST_FAILED)
+    attributes[f"{PREFIX}.macos_vm_slots"] = config.max_macos_vms
+    attributes[f"{PREFIX}.macos_vm_slots_free"] = max(config.max_macos_vms - len(running), 0)
+    if os.geteuid() == 0 and platform.system() == "Darwin" and _macos_major() >= 15:
+        return Fingerprint(attributes=attributes, health="unhealthy", description=ROOT_ON_MACOS_15)
+    if softnet_missing(config, tart):
+        return Fingerprint(attributes=attributes, health="unhealthy", description=SOFTNET_MISSING)
     return Fingerprint(attributes=attributes, health="healthy", description=HEALTHY)
+
+
+def with_removals(current: Fingerprint, previous_keys: set[str]) -> Fingerprint:
+    """Send "" for attributes we reported before and no longer do (Nomad keeps them else)."""
+    gone = dict.fromkeys(previous_keys - set(current.attributes), "")
+    if not gone:
+        return current
+    return Fingerprint(
+        attributes={**current.attributes, **gone},
+        health=current.health,
+        description=current.description,
+    )

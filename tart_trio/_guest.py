@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import shlex
+import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -243,3 +245,232 @@ async def wait_for_guest(
                 raise
         await trio.sleep(delay)
         delay = min(delay * 2, max_delay)
+
+
+# ---- interactive and bounded commands (exec) ---------------------------------------------
+
+KILL_SECONDS: Final = 5.0
+TERM_TYPE: Final = "xterm-256color"
+_MARKER_LIMIT: Final = 1 << 20
+# Runs as ``sh -c WRAPPER TOKEN ARGV...``: report this shell's PID, which is the session
+# ID sshd gave the command (it calls setsid for every session), then become the command.
+_WRAPPER: Final = 'printf "%s %s\\n" "$0" "$$"; exec "$@"'
+
+
+class PtySize(msgspec.Struct, frozen=True):
+    """A terminal size in character cells."""
+
+    width: int = 80
+    height: int = 24
+
+
+class RemoteExit(msgspec.Struct, frozen=True):
+    """How a remote command ended: its exit status, or 128+N and N when signal N ended it."""
+
+    exit_code: int
+    signal: int = 0
+
+
+async def _read_marker(stdout: Any, token: bytes, buf: bytearray) -> int | None:
+    """Read until the wrapper's ``TOKEN PID`` line; leave everything else in ``buf``."""
+    while True:
+        at = buf.find(token + b" ")
+        end = buf.find(b"\n", at) if at >= 0 else -1
+        if end >= 0:
+            field = bytes(buf[at + len(token) + 1 : end]).strip()
+            del buf[at : end + 1]
+            return int(field) if field.isdigit() else None
+        if len(buf) > _MARKER_LIMIT:
+            return None
+        chunk = await stdout.read(_CHUNK)
+        if not chunk:
+            return None
+        buf.extend(chunk)
+
+
+class RemoteProcess:
+    """A command running in the guest in its own SSH session (trio-facing).
+
+    ``session_id`` is the guest-side session of the command (``None`` if the login shell
+    never reported it); :meth:`kill` ends every process in it.
+    """
+
+    def __init__(self, guest: Guest, process: Any, session_id: int | None, early: bytes) -> None:
+        self._guest = guest
+        self._process = process
+        self.session_id = session_id
+        self._early = early
+
+    def _error(self, exc: BaseException) -> GuestError:
+        return GuestError(f"SSH session on {self._guest.address.host} failed: {exc}")
+
+    @property
+    def finished(self) -> bool:
+        """Whether the guest reported the command's exit."""
+        return self._process.exit_status is not None or self._process.exit_signal is not None
+
+    async def _read(self, stream: Any) -> bytes:
+        try:
+            data: bytes = await run_aio(stream.read, _CHUNK)
+        except (OSError, asyncssh.Error) as exc:
+            raise self._error(exc) from exc
+        return data
+
+    async def read_stdout(self) -> bytes:
+        """The next stdout bytes (with a PTY: all output); ``b""`` at the end."""
+        if self._early:
+            data, self._early = self._early, b""
+            return data
+        return await self._read(self._process.stdout)
+
+    async def read_stderr(self) -> bytes:
+        """The next stderr bytes (nothing with a PTY); ``b""`` at the end."""
+        return await self._read(self._process.stderr)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            await run_aio(fn, *args)
+        except (OSError, asyncssh.Error) as exc:
+            raise self._error(exc) from exc
+
+    async def write(self, data: bytes) -> None:
+        """Send stdin bytes; waits while the guest is not reading (backpressure)."""
+
+        async def write_aio() -> None:
+            self._process.stdin.write(data)
+            await self._process.stdin.drain()
+
+        await self._call(write_aio)
+
+    async def close_stdin(self) -> None:
+        """Send EOF on stdin."""
+
+        async def eof_aio() -> None:
+            self._process.stdin.write_eof()
+
+        await self._call(eof_aio)
+
+    async def resize(self, size: PtySize) -> None:
+        """Change the PTY's size (the command gets SIGWINCH)."""
+
+        async def resize_aio() -> None:
+            self._process.change_terminal_size(size.width, size.height)
+
+        await self._call(resize_aio)
+
+    async def wait(self) -> RemoteExit:
+        """Wait until the session closes; how the command ended."""
+        await self._call(self._process.wait_closed)
+        status, signalled = self._process.exit_status, self._process.exit_signal
+        if status is not None:
+            return RemoteExit(exit_code=status)
+        if signalled is not None:
+            number = _signal_number(signalled[0])
+            return RemoteExit(exit_code=128 + number, signal=number)
+        raise GuestError(
+            f"the SSH session on {self._guest.address.host} ended without an exit status "
+            "(the connection was lost)"
+        )
+
+    async def kill(self) -> None:
+        """SIGKILL every process of the command's session in the guest; close the channel."""
+        with trio.CancelScope(shield=True), trio.move_on_after(KILL_SECONDS):
+            await run_aio(self._kill_aio)
+
+    async def _kill_aio(self) -> None:
+        sid = self.session_id
+        if sid is not None:
+            command = f"pkill -KILL -s {sid} || kill -KILL -- -{sid}"
+            with contextlib.suppress(OSError, asyncssh.Error, asyncio.TimeoutError):
+                await asyncio.wait_for(self._guest._conn.run(command), KILL_SECONDS)
+        _kill(self._process)
+
+
+def _signal_number(name: str) -> int:
+    try:
+        return int(signal.Signals[f"SIG{name}"])
+    except KeyError:
+        return int(signal.SIGKILL)
+
+
+async def _start_aio(
+    conn: asyncssh.SSHClientConnection, argv: Sequence[str], pty: PtySize | None
+) -> tuple[Any, int | None, bytes]:
+    token = f"tart-exec-{secrets.token_hex(8)}"
+    command = shell_join(["exec", "/bin/sh", "-c", _WRAPPER, token, *argv])
+    options: dict[str, Any] = {}
+    if pty is not None:
+        options = {
+            "request_pty": "force",
+            "term_type": TERM_TYPE,
+            "term_size": (pty.width, pty.height),
+        }
+    process = await conn.create_process(command, encoding=None, **options)
+    buf = bytearray()
+    try:
+        sid = await _read_marker(process.stdout, token.encode(), buf)
+    except BaseException:
+        # Cancelled before the command reported its session: learn it briefly, then kill.
+        with contextlib.suppress(Exception):
+            sid = await asyncio.wait_for(
+                _read_marker(process.stdout, token.encode(), buf), KILL_SECONDS
+            )
+            if sid is not None:
+                kill = f"pkill -KILL -s {sid} || kill -KILL -- -{sid}"
+                await asyncio.wait_for(conn.run(kill), KILL_SECONDS)
+        _kill(process)
+        raise
+    return process, sid, bytes(buf)
+
+
+@asynccontextmanager
+async def start_process(
+    guest: Guest, argv: Sequence[str], *, pty: PtySize | None = None
+) -> AsyncIterator[RemoteProcess]:
+    """Run ``argv`` (each word quoted) in a new SSH session, with a PTY when ``pty`` is set.
+
+    Leaving the block before the command finished (cancellation, timeout, error) kills
+    every process of its session in the guest and closes the channel.
+    """
+    if not argv:
+        raise GuestError("no command given")
+    try:
+        process, sid, early = await run_aio(_start_aio, guest._conn, list(argv), pty)
+    except (OSError, asyncssh.Error) as exc:
+        raise GuestError(f"cannot start a command on {guest.address.host}: {exc}") from exc
+    remote = RemoteProcess(guest, process, sid, early)
+    try:
+        yield remote
+    finally:
+        if not remote.finished:
+            await remote.kill()
+        with trio.CancelScope(shield=True):
+            await run_aio(_close_aio, process)
+
+
+async def _close_aio(process: Any) -> None:
+    process.close()
+
+
+async def reach_guest(address: GuestAddress, within: float) -> Guest:
+    """Connect, retrying for ``within`` seconds while the guest is unreachable.
+
+    A refused login or a changed host key fails at once. The caller closes the guest.
+    """
+    delay = 0.25
+    last: GuestError | None = None
+    with trio.move_on_after(within):
+        while True:
+            try:
+                conn = await run_aio(_connect, address)
+            except HostKeyMismatch:
+                raise
+            except GuestError as exc:
+                if isinstance(exc.__cause__, asyncssh.PermissionDenied):
+                    raise
+                last = exc
+            else:
+                return Guest(conn, address)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    raise GuestError(f"the VM was not reachable over SSH within {within:.0f}s: {last}")

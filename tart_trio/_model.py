@@ -106,3 +106,32 @@ class ResourceUsage(msgspec.Struct, frozen=True):
     cpu_total_ticks: float
     rss_bytes: int
     by_pid: dict[str, tuple[float, int]] = {}
+
+
+class ExecOutput(msgspec.Struct, frozen=True):
+    """ExecTask's answer: the captured output (each stream capped) and how the command ended."""
+
+    stdout: bytes
+    stderr: bytes
+    result: ExitResult
+
+
+class StdinData(msgspec.Struct, frozen=True):
+    """Bytes a ``nomad alloc exec`` user typed or piped."""
+
+    data: bytes
+
+
+class StdinClose(msgspec.Struct, frozen=True):
+    """The exec user's stdin ended."""
+
+
+class TerminalResize(msgspec.Struct, frozen=True):
+    """The exec user's terminal changed size."""
+
+    width: int
+    height: int
+
+
+ExecInput = StdinData | StdinClose | TerminalResize
+ExecStream = Literal["stdout", "stderr"]

@@ -39,7 +39,7 @@ from tart_trio._model import ExitResult, NomadTask, TaskPhase
 from tart_trio._pulls import Pulls
 from tart_trio._state import DriverState
 from tart_trio._tart import argv as tart_argv
-from tart_trio._tart import images
+from tart_trio._tart import images, vms
 from tart_trio._tart.cli import Tart, TartCommandError
 
 log = logging.getLogger("task")
@@ -69,6 +69,8 @@ class TaskContext:
     boot_timeout: float
     pull_timeout: float
     pull_inactivity: float
+    max_macos_vms: int
+    launch_lock: trio.Lock
 
 
 def _now() -> datetime:
@@ -136,7 +138,9 @@ class TaskRunner:
         tart = self.ctx.tart
         await self._clone(tart)
         await self._configure(tart)
-        supervisor_pid, token = await self._launch(tart)
+        async with self.ctx.launch_lock:  # one VM at a time between the slot check and run
+            await self._check_macos_slots(tart)
+            supervisor_pid, token = await self._launch(tart)
         self._emit(f"VM {self.vm_name} started", {"vm": self.vm_name})
         with trio.move_on_after(self.ctx.boot_timeout) as boot:
             ip, host_key = await self._wait_reachable(tart, supervisor_pid, token)
@@ -225,6 +229,16 @@ class TaskRunner:
         )
         with trio.fail_after(TART_CALL_SECONDS):
             await tart.run(*argv)
+
+    async def _check_macos_slots(self, tart: Tart) -> None:
+        if await vms.vm_os(tart, self.vm_name) != "darwin":
+            return
+        running = await vms.running_macos_vms(tart)
+        if len(running) >= self.ctx.max_macos_vms:
+            raise RecoverableError(
+                f"this host already runs {len(running)} macOS VMs ({', '.join(running)}); "
+                f"max_macos_vms is {self.ctx.max_macos_vms} (Apple allows two per host)"
+            )
 
     async def _launch(self, tart: Tart) -> tuple[int, str | None]:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
@@ -365,8 +379,7 @@ class TaskRunner:
     def process_roots(self) -> tuple[list[int], str]:
         """Processes that make up the VM: the supervisor tree, and the VM's disk image."""
         roots = [self.supervisor[0]] if self.supervisor else []
-        home = self.ctx.tart.home or os.path.join(os.path.expanduser("~"), ".tart")
-        return roots, os.path.join(home, "vms", self.vm_name, "disk.img")
+        return roots, os.path.join(self.ctx.tart.vm_dir(self.vm_name), "disk.img")
 
     async def signal(self, name: str) -> None:
         """SIGTERM/SIGINT/SIGQUIT: graceful guest shutdown; SIGKILL: power off."""

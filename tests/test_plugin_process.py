@@ -11,7 +11,6 @@ import signal
 import ssl
 import stat
 import subprocess
-import warnings
 from pathlib import Path
 
 import pytest
@@ -151,6 +150,9 @@ def _client_certificate(tmp_path: Path) -> tuple[str, Path, Path]:
     return pem.decode(), tmp_path / "client.pem", tmp_path / "client.key"
 
 
+# grpclib's client leaves the transports of refused TLS handshakes for the GC to close.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_auto_mtls_when_the_host_asks_for_it(tmp_path: Path) -> None:
     import base64
 
@@ -180,10 +182,7 @@ def test_auto_mtls_when_the_host_asks_for_it(tmp_path: Path) -> None:
         with pytest.raises((ConnectionError, GRPCError, OSError, StreamTerminatedError)):
             plugin.call(info)  # plaintext is refused too
         plugin.process.kill()
-    # grpclib's client leaves the transports of refused TLS handshakes for the GC to close.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
+    gc.collect()
 
 
 def test_plain_env_gets_no_certificate_field() -> None:

@@ -9,13 +9,19 @@ from google.protobuf import timestamp_pb2
 from tart_trio import _hclspec
 from tart_trio._model import (
     Capabilities,
+    ExecInput,
+    ExecOutput,
+    ExecStream,
     ExitResult,
     Fingerprint,
     NomadTask,
     PluginInfo,
     ResourceUsage,
+    StdinClose,
+    StdinData,
     TaskEvent,
     TaskStatus,
+    TerminalResize,
 )
 from tart_trio._proto.hashicorp.nomad.plugins.base import base_pb2
 from tart_trio._proto.hashicorp.nomad.plugins.drivers import driver_pb2
@@ -242,3 +248,39 @@ def start_response(
         ),
         network_override=driver_pb2.NetworkOverride(addr=ip),
     )
+
+
+def exec_response(output: ExecOutput) -> driver_pb2.ExecTaskResponse:
+    """ExecTask's answer; ``result`` is always set (Nomad dereferences it)."""
+    return driver_pb2.ExecTaskResponse(
+        stdout=output.stdout, stderr=output.stderr, result=exit_result(output.result)
+    )
+
+
+def exec_input(request: driver_pb2.ExecTaskStreamingRequest) -> ExecInput | None:
+    """One client message of an exec stream after the setup; ``None`` for a heartbeat."""
+    if request.HasField("stdin"):
+        if request.stdin.close:
+            return StdinClose()
+        return StdinData(request.stdin.data) if request.stdin.data else None
+    if request.HasField("tty_size"):
+        return TerminalResize(width=request.tty_size.width, height=request.tty_size.height)
+    return None
+
+
+def exec_output(stream: ExecStream, data: bytes) -> driver_pb2.ExecTaskStreamingResponse:
+    """Output bytes of an exec stream."""
+    chunk = driver_pb2.ExecTaskStreamingIOOperation(data=data)
+    if stream == "stdout":
+        return driver_pb2.ExecTaskStreamingResponse(stdout=chunk)
+    return driver_pb2.ExecTaskStreamingResponse(stderr=chunk)
+
+
+def exec_end(result: ExitResult) -> list[driver_pb2.ExecTaskStreamingResponse]:
+    """The end of an exec stream: stdout and stderr closed, then ``exited`` with the result."""
+    closed = driver_pb2.ExecTaskStreamingIOOperation(close=True)
+    return [
+        driver_pb2.ExecTaskStreamingResponse(stdout=closed),
+        driver_pb2.ExecTaskStreamingResponse(stderr=closed),
+        driver_pb2.ExecTaskStreamingResponse(exited=True, result=exit_result(result)),
+    ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -13,7 +15,7 @@ from tart_trio._driver import Driver
 from tart_trio._grpc import convert
 from tart_trio._grpc.status import translate_errors
 from tart_trio._hclspec import object_spec
-from tart_trio._model import Fingerprint, ResourceUsage, TaskEvent
+from tart_trio._model import ExecInput, ExecStream, Fingerprint, ResourceUsage, TaskEvent
 from tart_trio._proto.hashicorp.nomad.plugins.base import base_grpc, base_pb2
 from tart_trio._proto.hashicorp.nomad.plugins.drivers import driver_grpc
 from tart_trio._proto.hashicorp.nomad.plugins.drivers import driver_pb2 as pb
@@ -184,13 +186,50 @@ class DriverService(driver_grpc.DriverBase):
         await run_trio(self._driver.signal_task, request.task_id, request.signal)
         await stream.send_message(pb.SignalTaskResponse())
 
+    @translate_errors
     async def ExecTask(self, stream: Stream[pb.ExecTaskRequest, pb.ExecTaskResponse]) -> None:
-        raise _unimplemented("ExecTask")
+        request = await stream.recv_message()
+        assert request is not None
+        timeout = request.timeout.ToTimedelta().total_seconds()
+        output = await run_trio(
+            self._driver.exec_task, request.task_id, list(request.command), timeout
+        )
+        await stream.send_message(convert.exec_response(output))
 
+    @translate_errors
     async def ExecTaskStreaming(
         self, stream: Stream[pb.ExecTaskStreamingRequest, pb.ExecTaskStreamingResponse]
     ) -> None:
-        raise _unimplemented("ExecTaskStreaming")
+        first = await stream.recv_message()
+        if first is None or not first.HasField("setup"):
+            raise GRPCError(Status.INVALID_ARGUMENT, "first message should always be setup")
+        setup = first.setup
+        sending = asyncio.Lock()
+
+        async def receive() -> ExecInput | None:
+            while (request := await run_aio(stream.recv_message)) is not None:
+                item = convert.exec_input(request)
+                if item is not None:
+                    return item
+            return None
+
+        async def send_aio(message: pb.ExecTaskStreamingResponse) -> None:
+            async with sending:
+                await stream.send_message(message)
+
+        async def send(which: ExecStream, data: bytes) -> None:
+            await run_aio(send_aio, convert.exec_output(which, data))
+
+        result = await run_trio(
+            self._driver.exec_streaming,
+            setup.task_id,
+            list(setup.command),
+            setup.tty,
+            receive,
+            send,
+        )
+        for message in convert.exec_end(result):
+            await stream.send_message(message)
 
     async def CreateNetwork(
         self, stream: Stream[pb.CreateNetworkRequest, pb.CreateNetworkResponse]

@@ -74,6 +74,18 @@ class Tart:
         self.home = home
         self.env = tart_environment(path, home, base_env)
 
+    @property
+    def home_dir(self) -> str:
+        """Where tart keeps its VMs: TART_HOME as tart will see it, else ~/.tart."""
+        home = self.env.get("TART_HOME")
+        if home:
+            return home
+        return os.path.join(self.env.get("HOME") or os.path.expanduser("~"), ".tart")
+
+    def vm_dir(self, name: str) -> str:
+        """A VM's bundle directory."""
+        return os.path.join(self.home_dir, "vms", name)
+
     async def run(
         self,
         *args: str,

@@ -232,17 +232,22 @@ class NomadSim:
             task_status.started()
             stdout = self.process.stdout
             assert stdout is not None
-            buf = b""
+            pending: list[bytes] = []
             try:
                 while True:
                     chunk = await stdout.receive_some(1 << 16)
                     if not chunk:
                         break
-                    buf += chunk
-                    while b"\n" in buf:
-                        line, buf = buf.split(b"\n", 1)
+                    # Split only the new chunk: a line of many MiB costs linear time.
+                    *lines, rest = chunk.split(b"\n")
+                    if lines:
+                        lines[0] = b"".join([*pending, lines[0]])
+                        pending = []
+                    for line in lines:
                         if line.strip():
                             self._dispatch(json.loads(line))
+                    if rest:
+                        pending.append(rest)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             finally:

@@ -261,7 +261,8 @@ async def test_third_macos_vm_is_a_recoverable_readable_error(
     with pytest.raises(NomadSimError) as caught:
         await start(sim)
     assert caught.value.recoverable is True
-    assert "exceeds the system limit" in caught.value.message
+    assert "already runs 2 macOS VMs" in caught.value.message
+    assert "max_macos_vms is 2" in caught.value.message
     assert len(vm_names(fake_tart)) == 2, "the failed task's clone was rolled back"
     for started in (first, second):
         await sim.call("stop_task", task_id=started["task_id"], timeout_seconds=5)

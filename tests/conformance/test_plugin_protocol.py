@@ -59,7 +59,7 @@ async def test_plugin_info_and_schemas(sim: NomadSim, tmp_path: Path) -> None:
     assert task_schema["valid"], task_schema
     await sim.call("init")
     caps = (await sim.call("capabilities"))["capabilities"]
-    assert caps["exec"] is False and caps["send_signals"] is True
+    assert caps["exec"] is True and caps["send_signals"] is True
     assert caps["fs_isolation"] == "IMAGE"
 
 

@@ -1,0 +1,185 @@
+"""Operator controls and an honest fingerprint."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.conformance.conftest import launch_args
+from tests.conformance.nomadsim import NomadSim, NomadSimError
+from tests.conformance.test_lifecycle import _variant, start
+from tests.faketart.fixtures import LINUX_IMAGE, MACOS_IMAGE, FakeTart, needs_guest_reason
+
+pytestmark = pytest.mark.skipif(needs_guest_reason() is not None, reason=needs_guest_reason() or "")
+
+
+def plugin_hcl(**settings: str) -> str:
+    body = "".join(f"    {key} = {value}\n" for key, value in settings.items())
+    return f'plugin "nomad-driver-tart" {{\n  config {{\n{body}  }}\n}}\n'
+
+
+async def launch(sim: NomadSim, fake: FakeTart, tmp_path: Path, hcl: str, **env: str) -> None:
+    await sim.call("launch", **launch_args(tmp_path / "plugin.log", **fake.env(**env)))
+    await sim.call("set_config", hcl=hcl, with_nomad_config=True)
+
+
+def job(url: str = LINUX_IMAGE, extra: str = "") -> str:
+    return _variant(extra).replace(LINUX_IMAGE, url)
+
+
+async def refused(sim: NomadSim, job_hcl: str) -> str:
+    with pytest.raises(NomadSimError) as caught:
+        await start(sim, job_hcl)
+    assert caught.value.recoverable is not True
+    return caught.value.message
+
+
+async def test_allowlists_refuse_what_is_outside_and_allow_what_is_inside(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    allowed_dir = tmp_path / "shared"
+    allowed_dir.mkdir()
+    await launch(
+        sim,
+        fake_tart,
+        tmp_path,
+        plugin_hcl(
+            allowed_images='["ghcr.io/cirruslabs/ubuntu:*"]',
+            allowed_directories=f'["{allowed_dir}"]',
+            allowed_network_modes='["shared", "softnet"]',
+        ),
+    )
+    message = await refused(sim, job(MACOS_IMAGE))
+    assert "url" in message and "allowed images" in message
+    message = await refused(sim, job(extra='directory {\n path = "/etc"\n}'))
+    assert "directory[0].path" in message and str(allowed_dir) in message
+    message = await refused(sim, job(extra=f'directory {{\n path = "{allowed_dir}/../.."\n}}'))
+    assert "directory[0].path" in message
+    message = await refused(
+        sim, job(extra='network {\n mode = "bridged"\n bridged_interface = "en0"\n}')
+    )
+    assert "network.mode" in message and "shared, softnet" in message
+    assert fake_tart.calls_of("clone") == [], "nothing was cloned for a refused job"
+
+    ok = await start(
+        sim,
+        job(
+            extra=f'directory {{\n path = "{allowed_dir}"\n}}\n'
+            'network {\n softnet_allow = ["10.0.0.0/8"]\n}'
+        ),
+    )
+    await sim.call("stop_task", task_id=ok["task_id"], timeout_seconds=5)
+    await sim.call("destroy_task", task_id=ok["task_id"])
+
+
+async def test_local_and_nomad_vms_cannot_be_cloned_by_default(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    fake_tart.make_vm("golden-image", LINUX_IMAGE)
+    other_task_vm = f"nomad-{uuid.uuid4()}"
+    fake_tart.make_vm(other_task_vm, LINUX_IMAGE)
+    await launch(sim, fake_tart, tmp_path, plugin_hcl())
+    assert "local VM" in await refused(sim, job("golden-image"))
+    assert "another task's VM" in await refused(sim, job(other_task_vm))
+    await sim.call(
+        "set_config",
+        hcl=plugin_hcl(allowed_images='["golden-*", "nomad-*"]'),
+        with_nomad_config=True,
+    )
+    assert "another task's VM" in await refused(sim, job(other_task_vm))
+    ok = await start(sim, job("golden-image"))
+    await sim.call("stop_task", task_id=ok["task_id"], timeout_seconds=5)
+    await sim.call("destroy_task", task_id=ok["task_id"])
+    for name in ("golden-image", other_task_vm):
+        fake_tart.tart("delete", name)
+
+
+async def fingerprint(sim: NomadSim) -> dict[str, Any]:
+    stream = await sim.open_stream("fingerprint")
+    with trio.fail_after(20):
+        first: dict[str, Any] = await stream.receive()
+    await sim.call("close_stream", stream=stream.id)
+    return first
+
+
+def attr(fp: dict[str, Any], key: str) -> Any:
+    value = fp["attributes"][f"driver.tart.{key}"]
+    return next(v for k, v in value.items() if k != "unit")
+
+
+async def test_macos_slots_count_only_running_macos_guests(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    await launch(sim, fake_tart, tmp_path, plugin_hcl())
+    fp = await fingerprint(sim)
+    assert fp["health"] == "HEALTHY"
+    assert int(attr(fp, "macos_vm_slots")) == 2 and int(attr(fp, "macos_vm_slots_free")) == 2
+    assert attr(fp, "version") == "2.35.0"
+    ours = await start(sim, job(MACOS_IMAGE))
+    linux = await start(sim, job(LINUX_IMAGE))
+    assert int(attr(await fingerprint(sim), "macos_vm_slots_free")) == 1
+    fake_tart.make_vm("outside-nomad", MACOS_IMAGE)
+    fake_tart.start_vm("outside-nomad")
+    assert int(attr(await fingerprint(sim), "macos_vm_slots_free")) == 0
+    for task in (ours, linux):
+        await sim.call("stop_task", task_id=task["task_id"], timeout_seconds=5)
+        await sim.call("destroy_task", task_id=task["task_id"])
+    fake_tart.tart("stop", "outside-nomad", "--timeout", "0")
+    fake_tart.tart("delete", "outside-nomad")
+
+
+async def test_max_macos_vms_below_apples_limit(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    await launch(sim, fake_tart, tmp_path, plugin_hcl(max_macos_vms="1"))
+    first = await start(sim, job(MACOS_IMAGE))
+    with pytest.raises(NomadSimError) as caught:
+        await start(sim, job(MACOS_IMAGE))
+    assert caught.value.recoverable is True and "max_macos_vms is 1" in caught.value.message
+    await sim.call("stop_task", task_id=first["task_id"], timeout_seconds=5)
+    await sim.call("destroy_task", task_id=first["task_id"])
+    assert fake_tart.tart("list", "-q", "--source", "local").stdout == ""
+
+
+async def test_tarts_own_vm_limit_is_recoverable(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    await launch(sim, fake_tart, tmp_path, plugin_hcl(max_macos_vms="3"))
+    tasks = [await start(sim, job(MACOS_IMAGE)) for _ in range(2)]
+    with pytest.raises(NomadSimError) as caught:
+        await start(sim, job(MACOS_IMAGE))
+    assert caught.value.recoverable is True
+    assert "exceeds the system limit" in caught.value.message
+    for task in tasks:
+        await sim.call("stop_task", task_id=task["task_id"], timeout_seconds=5)
+        await sim.call("destroy_task", task_id=task["task_id"])
+    assert fake_tart.tart("list", "-q", "--source", "local").stdout == ""
+
+
+async def test_softnet_missing_is_unhealthy_unless_not_allowed(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    tart = f'"{fake_tart.tart_path}"'
+    await launch(sim, fake_tart, tmp_path, plugin_hcl(tart_path=tart), PATH="/usr/bin:/bin")
+    fp = await fingerprint(sim)
+    assert fp["health"] == "UNHEALTHY" and "softnet" in fp["health_description"]
+    await sim.call(
+        "set_config",
+        with_nomad_config=True,
+        hcl=plugin_hcl(tart_path=tart, allowed_network_modes='["shared", "bridged"]'),
+    )
+    assert (await fingerprint(sim))["health"] == "HEALTHY"
+
+
+async def test_tart_list_failing_is_unhealthy(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    await launch(sim, fake_tart, tmp_path, plugin_hcl(), TART_HOME=str(blocker / "home"))
+    fp = await fingerprint(sim)
+    assert fp["health"] == "UNHEALTHY" and "tart list" in fp["health_description"]
