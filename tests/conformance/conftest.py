@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +35,68 @@ async def sim() -> AsyncIterator[NomadSim]:
     """A Nomad client stand-in with nothing launched yet."""
     async with open_nomadsim() as nomad:
         yield nomad
+
+
+def _live_processes(marker: str) -> list[int]:
+    """Live (non-zombie) processes whose command line contains ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
+    """After each test: no supervisor or plugin process, VM bundle or fd of ours remains."""
+    fds_before = set(os.listdir("/proc/self/fd"))
+    yield
+    leftovers = {
+        "supervisors": [
+            p for p in _live_processes("tart_trio._supervisor") if _in_tmp(p, tmp_path)
+        ],
+        "plugins": _children_named("nomad-driver-tart"),
+    }
+    home = tmp_path / "tart-home" / "vms"
+    if home.exists():
+        leftovers["VM bundles"] = sorted(p.name for p in home.iterdir())
+    leaked_fds = set(os.listdir("/proc/self/fd")) - fds_before
+    live_fds = [fd for fd in leaked_fds if Path(f"/proc/self/fd/{fd}").exists()]
+    if live_fds:
+        leftovers["file descriptors"] = [os.readlink(f"/proc/self/fd/{fd}") for fd in live_fds]
+    problems = {k: v for k, v in leftovers.items() if v}
+    assert not problems, f"left behind after {request.node.name}: {problems}"
+
+
+def _in_tmp(pid: int, tmp_path: Path) -> bool:
+    """Whether a supervisor works for this test (its TART_HOME is under tmp_path)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return str(tmp_path).encode() in environ
+
+
+def _children_named(marker: str) -> list[int]:
+    """Live plugin processes started (through nomadsim) by this test process."""
+    me = os.getpid()
+    found = []
+    for pid in _live_processes(marker):
+        try:
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        grandparent = 0
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{parent}/stat").read_text()
+            grandparent = int(stat.rsplit(")", 1)[1].split()[1])
+        if me in (parent, grandparent):
+            found.append(pid)
+    return found
