@@ -118,6 +118,9 @@ class PluginConfig(Base, frozen=True):
     tart_path: Annotated[
         str, _doc("The tart executable; empty finds tart on PATH, then /opt/homebrew/bin/tart.")
     ] = ""
+    tart_user: Annotated[
+        str, _doc("When the plugin runs as root, run every tart command as this user.")
+    ] = ""
     tart_home: Annotated[
         str, _doc("TART_HOME for every tart command; empty keeps tart's default (~/.tart).")
     ] = ""

@@ -29,7 +29,7 @@ from tart_trio._pulls import Pulls
 from tart_trio._reconcile import run_reconciler
 from tart_trio._recovery import recover_runner
 from tart_trio._state import DriverState, decode_state, encode_state
-from tart_trio._tart.cli import Tart, TartNotFound, locate_tart
+from tart_trio._tart.cli import Tart, TartNotFound, locate_tart, resolve_user
 from tart_trio._task import TaskContext, TaskRunner
 from tart_trio._version import __version__
 
@@ -122,7 +122,7 @@ class Driver:
         path = locate_tart(self.config.tart_path)
         if path is None:
             raise TartNotFound("the tart executable was not found (set tart_path)")
-        return Tart(path, self.config.tart_home)
+        return Tart(path, self.config.tart_home, user=resolve_user(self.config.tart_user))
 
     def _context(self) -> TaskContext:
         assert self._pulls is not None

@@ -13,7 +13,7 @@ import trio
 from tart_trio._config import PluginConfig
 from tart_trio._errors import TartTrioError
 from tart_trio._model import AttributeValue, Fingerprint
-from tart_trio._tart.cli import Tart, locate_tart
+from tart_trio._tart.cli import Tart, UnknownUser, locate_tart, resolve_user
 from tart_trio._tart.vms import running_macos_vms
 
 PREFIX: Final = "driver.tart"
@@ -51,7 +51,11 @@ SOFTNET_MISSING: Final = (
 )
 ROOT_ON_MACOS_15: Final = (
     "Running as root on macOS 15 or later: macOS guests fail to start when tart runs as root. "
-    "Run the Nomad client as the user who owns the VMs."
+    "Set tart_user in the plugin configuration to the user who owns the VMs."
+)
+HOME_MISSING: Final = (
+    "The home directory of tart_user does not exist; tart keeps its VMs in ~/.tart and "
+    "needs it. Create the user's home directory or set tart_home."
 )
 HEALTHY: Final = "Healthy"
 
@@ -101,7 +105,13 @@ async def fingerprint(config: PluginConfig) -> Fingerprint:
     path = locate_tart(config.tart_path)
     if path is None:
         return Fingerprint(attributes={}, health="undetected", description=NOT_FOUND)
-    tart = Tart(path, config.tart_home)
+    try:
+        user = resolve_user(config.tart_user)
+    except UnknownUser as exc:
+        return Fingerprint(attributes={}, health="unhealthy", description=f"{exc}.")
+    if user is not None and not await trio.Path(user.home).is_dir():
+        return Fingerprint(attributes={}, health="unhealthy", description=HOME_MISSING)
+    tart = Tart(path, config.tart_home, user=user)
     attributes: dict[str, AttributeValue] = {f"{PREFIX}.path": path, **host_attributes()}
     try:
         with trio.fail_after(TART_CALL_SECONDS):
@@ -115,7 +125,8 @@ async def fingerprint(config: PluginConfig) -> Fingerprint:
         return Fingerprint(attributes=attributes, health="unhealthy", description=LIST_FAILED)
     attributes[f"{PREFIX}.macos_vm_slots"] = config.max_macos_vms
     attributes[f"{PREFIX}.macos_vm_slots_free"] = max(config.max_macos_vms - len(running), 0)
-    if os.geteuid() == 0 and platform.system() == "Darwin" and _macos_major() >= 15:
+    as_root = os.geteuid() == 0 and user is None
+    if as_root and platform.system() == "Darwin" and _macos_major() >= 15:
         return Fingerprint(attributes=attributes, health="unhealthy", description=ROOT_ON_MACOS_15)
     if softnet_missing(config, tart):
         return Fingerprint(attributes=attributes, health="unhealthy", description=SOFTNET_MISSING)

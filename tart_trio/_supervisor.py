@@ -38,6 +38,14 @@ def _write_status(path: str, status: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _run_as(args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``tart run`` as the configured tart user (the supervisor itself stays root)."""
+    if args.uid is None:
+        return {}
+    groups = [int(g) for g in args.groups.split(",") if g]
+    return {"user": args.uid, "group": args.gid, "extra_groups": groups}
+
+
 def _run(args: argparse.Namespace) -> int:
     log = open(args.log_file, "ab", buffering=0)  # noqa: SIM115 - lives as long as the VM
     fifo = FifoWriter(args.stderr_fifo)
@@ -49,6 +57,7 @@ def _run(args: argparse.Namespace) -> int:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             close_fds=True,
+            **_run_as(args),
         )
     except OSError as exc:
         message = f"failed to start tart: {exc}\n".encode()
@@ -113,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pid-file", required=True)
     parser.add_argument("--log-file", required=True)
     parser.add_argument("--stderr-fifo")
+    parser.add_argument("--uid", type=int)
+    parser.add_argument("--gid", type=int)
+    parser.add_argument("--groups", default="")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command[:1] == ["--"]:

@@ -258,6 +258,7 @@ class TaskRunner:
             str(self.runtime_dir / "tart-run.log"),
             "--stderr-fifo",
             self.task.stderr_path or os.devnull,
+            *_run_as_args(tart),
             "--",
             *run,
         ]
@@ -526,6 +527,14 @@ class TaskRunner:
         self._scope.cancel()
         await self._delete_vm()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+def _run_as_args(tart: Tart) -> list[str]:
+    """Tell the supervisor to run ``tart run`` as the configured tart user."""
+    if tart.user is None:
+        return []
+    groups = ",".join(str(g) for g in tart.user.groups)
+    return ["--uid", str(tart.user.uid), "--gid", str(tart.user.gid), "--groups", groups]
 
 
 def read_status(path: Path) -> ExitResult | None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
+import msgspec
 import trio
 
 from tart_trio._errors import TartTrioError
@@ -47,15 +49,49 @@ def locate_tart(configured: str, search_path: str | None = None) -> str | None:
     return HOMEBREW_TART if os.access(HOMEBREW_TART, os.X_OK) else None
 
 
+class RunAs(msgspec.Struct, frozen=True):
+    """The unprivileged user that runs tart when the plugin runs as root."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+
+class UnknownUser(TartTrioError):
+    """``tart_user`` names no user on this host."""
+
+
+def resolve_user(name: str) -> RunAs | None:
+    """The account ``tart_user`` names; None when unset or when we are not root."""
+    if not name or os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise UnknownUser(f"tart_user {name!r} is not a user on this host") from None
+    groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    return RunAs(
+        name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid, groups=groups, home=entry.pw_dir
+    )
+
+
 def tart_environment(
-    tart_path: str, tart_home: str, base: Mapping[str, str] | None = None
+    tart_path: str,
+    tart_home: str,
+    base: Mapping[str, str] | None = None,
+    user: RunAs | None = None,
 ) -> dict[str, str]:
     """The environment of every tart command: the plugin's own, never a task's.
 
     The tart binary's directory and Homebrew's bin lead PATH so Tart finds ``softnet``
-    even when Nomad runs as a launchd daemon with a minimal PATH.
+    even when Nomad runs as a launchd daemon with a minimal PATH. Run as ``user``, tart
+    gets that user's HOME, USER and LOGNAME (its VMs live in that HOME's ``.tart``).
     """
     env = dict(os.environ if base is None else base)
+    if user is not None:
+        env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
     for key in [k for k in env if k.startswith("TART_REGISTRY_")]:
         del env[key]  # credentials are scoped to the one call that needs them
     extra = [str(Path(tart_path).parent), HOMEBREW_BIN]
@@ -69,10 +105,27 @@ def tart_environment(
 class Tart:
     """A configured ``tart`` executable. Callers own timeouts (wrap calls in fail_after)."""
 
-    def __init__(self, path: str, home: str = "", base_env: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        path: str,
+        home: str = "",
+        base_env: Mapping[str, str] | None = None,
+        user: RunAs | None = None,
+    ) -> None:
         self.path = path
         self.home = home
-        self.env = tart_environment(path, home, base_env)
+        self.user = user
+        self.env = tart_environment(path, home, base_env, user)
+
+    def process_options(self) -> dict[str, Any]:
+        """``user``/``group``/``extra_groups`` for subprocesses that run tart."""
+        if self.user is None:
+            return {}
+        return {
+            "user": self.user.uid,
+            "group": self.user.gid,
+            "extra_groups": list(self.user.groups),
+        }
 
     @property
     def home_dir(self) -> str:
@@ -102,6 +155,7 @@ class Tart:
             check=False,
             env=env,
             start_new_session=True,
+            **self.process_options(),
         )
         stdout = result.stdout.decode(errors="replace")
         if result.returncode != 0:

@@ -55,6 +55,7 @@ async def pull(
         stderr=subprocess.STDOUT,
         env=env,
         start_new_session=True,
+        **tart.process_options(),
     )
     assert process.stdout is not None
     tail = b""
