@@ -6,7 +6,25 @@ plugin "nomad-driver-tart" {
   config {
     enabled            = true
     tart_path          = ""    # empty: tart on PATH, then /opt/homebrew/bin/tart
+    tart_user          = ""    # as root: run tart as this user (needed for macOS 15+ guests)
     tart_home          = ""    # empty: tart's default, ~/.tart of the user running tart
     fingerprint_period = "30s"
+
+    boot_timeout                  = "10m"
+    image_pull_timeout            = "60m"
+    image_pull_inactivity_timeout = "5m"
+
+    # Operator controls. Empty lists allow any remote image and any absolute path.
+    allowed_images        = []
+    allowed_directories   = []
+    allowed_network_modes = ["shared", "host", "bridged", "softnet"]
+    max_macos_vms         = 2
+
+    gc {
+      enabled        = true
+      period         = "5m"
+      creation_grace = "10m"
+      dry_run        = false
+    }
   }
 }
