@@ -15,6 +15,7 @@ from tart_trio._config import (
     Auth,
     Directory,
     DirectoryOptions,
+    GCConfig,
     Network,
     PluginConfig,
     RootDisk,
@@ -67,7 +68,17 @@ async def test_plugin_info_and_schemas(sim: NomadSim, tmp_path: Path) -> None:
     ("agent", "expected"),
     [
         ("agent.hcl", PluginConfig()),
-        ("agent-full.hcl", PluginConfig()),
+        ("agent-full.hcl", PluginConfig(gc=GCConfig())),
+        (
+            "agent-hardened.hcl",
+            PluginConfig(
+                tart_path="/opt/homebrew/bin/tart",
+                tart_user="ci",
+                allowed_images=("ghcr.io/cirruslabs/macos-*", "registry.example.com/ci/*"),
+                allowed_directories=("/Users/ci/shared",),
+                allowed_network_modes=("shared", "softnet"),
+            ),
+        ),
         (None, PluginConfig()),
     ],
 )
