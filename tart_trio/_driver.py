@@ -54,6 +54,7 @@ class Driver:
         self._pulls: Pulls | None = None
         self._serving = trio.Event()
         self._launch_lock = trio.Lock()
+        self._provision_lock = trio.Lock()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own every task's runner and the shared pulls until cancelled."""
@@ -134,6 +135,7 @@ class Driver:
             pull_inactivity=self.config.seconds("image_pull_inactivity_timeout"),
             max_macos_vms=self.config.max_macos_vms,
             launch_lock=self._launch_lock,
+            provision_lock=self._provision_lock,
         )
 
     def _emitter(self, task: NomadTask) -> Callable[[str, dict[str, str]], None]:

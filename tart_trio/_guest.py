@@ -9,19 +9,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import secrets
 import shlex
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Final
 
-import asyncssh
 import msgspec
 import trio
 
 from tart_trio._bridge import run_aio
 from tart_trio._errors import TartTrioError
+
+if TYPE_CHECKING:
+    import asyncssh
+else:
+
+    class _OnFirstUse(ModuleType):
+        """asyncssh (with cryptography) costs ~0.1 s to import. Nomad launches the plugin
+        up to three times per agent start, and nothing needs SSH before a task starts."""
+
+        def __getattr__(self, name: str) -> Any:
+            module = importlib.import_module("asyncssh")
+            globals()["asyncssh"] = module
+            return getattr(module, name)
+
+    asyncssh = _OnFirstUse("asyncssh")
 
 CONNECT_SECONDS: Final = 10.0
 _CHUNK: Final = 65536

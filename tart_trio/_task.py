@@ -50,6 +50,7 @@ FORCE_SECONDS: Final = 15.0
 SHUTDOWN_SSH_SECONDS: Final = 5.0
 LOG_RETRY_MAX: Final = 10.0
 PROGRESS_EVERY: Final = 10.0
+CLONE_ATTEMPTS: Final = 3
 REPLAY_LIMIT: Final = 64 << 20
 REPLAY_HOLD_LIMIT: Final = 16 << 20
 GRACEFUL_SIGNALS: Final = frozenset({"", "SIGINT", "SIGTERM", "SIGQUIT", "INT", "TERM", "QUIT"})
@@ -71,6 +72,7 @@ class TaskContext:
     pull_inactivity: float
     max_macos_vms: int
     launch_lock: trio.Lock
+    provision_lock: trio.Lock
 
 
 def _now() -> datetime:
@@ -185,8 +187,23 @@ class TaskRunner:
             if not cached:
                 await self._pull(tart, url)
         self._cloned = True
-        with trio.fail_after(TART_CALL_SECONDS):
-            await tart.run("clone", url, self.vm_name, extra_env=self._credentials())
+        for attempt in range(1, CLONE_ATTEMPTS + 1):
+            try:
+                # Tart's clone reads every VM's config.json while `tart set` rewrites one
+                # in place, and other commands sweep tart's tmp directory a clone stages
+                # in: provisioning is serialised, and a clone that lost a race is retried.
+                async with self.ctx.provision_lock:
+                    with trio.fail_after(TART_CALL_SECONDS):
+                        await tart.run("clone", url, self.vm_name, extra_env=self._credentials())
+                return
+            except TartCommandError as exc:
+                if attempt == CLONE_ATTEMPTS or not _clone_race(exc):
+                    raise
+                log.info(
+                    "tart clone lost a race with another tart command; retrying",
+                    extra={"vm": self.vm_name, "error": str(exc)},
+                )
+                await self._delete_vm()
 
     async def _pull(self, tart: Tart, url: str) -> None:
         self._emit(f"Downloading image {url}", {"image": url})
@@ -227,8 +244,9 @@ class TaskRunner:
         argv = tart_argv.set_argv(
             self.vm_name, cpus or None, self.task.memory_mb or None, self.config.disk_size
         )
-        with trio.fail_after(TART_CALL_SECONDS):
-            await tart.run(*argv)
+        async with self.ctx.provision_lock:
+            with trio.fail_after(TART_CALL_SECONDS):
+                await tart.run(*argv)
 
     async def _check_macos_slots(self, tart: Tart) -> None:
         if await vms.vm_os(tart, self.vm_name) != "darwin":
@@ -527,6 +545,11 @@ class TaskRunner:
         self._scope.cancel()
         await self._delete_vm()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+def _clone_race(exc: TartCommandError) -> bool:
+    """Failures of `tart clone` caused by a concurrent tart command, not by the image."""
+    return "No such file or directory" in exc.stderr or "dataCorrupted" in exc.stderr
 
 
 def _run_as_args(tart: Tart) -> list[str]:
