@@ -1,6 +1,8 @@
 """Writing to Nomad's log FIFOs without ever blocking (standard library only).
 
-logmon reads the FIFOs; when it is slow or gone, output is dropped rather than stalling
+logmon reads the FIFOs. When it is momentarily slower than the output, what does not fit
+in the pipe waits in a bounded buffer and is flushed as soon as the FIFO is writable
+again; only beyond the buffer (logmon stuck or gone) is output dropped, never stalling
 the plugin or the VM. Used by the plugin (guest logs to stdout) and by the supervisor
 (``tart run`` output to stderr).
 """
@@ -8,41 +10,72 @@ the plugin or the VM. Used by the plugin (guest logs to stdout) and by the super
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+
+BUFFER_LIMIT = 8 << 20
 
 
 class FifoWriter:
-    """Opens lazily, writes with O_NONBLOCK, reopens after the reader went away."""
+    """Opens lazily, writes with O_NONBLOCK, buffers briefly, reopens after the reader left."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, buffer_limit: int = BUFFER_LIMIT) -> None:
         self._path = path if path and path != os.devnull else None
         self._fd: int | None = None
+        self._pending = bytearray()
+        self._limit = buffer_limit
         self.dropped = 0
+        self.on_pending: Callable[[], None] | None = None
+        self.before_close: Callable[[int], None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Bytes waiting for the reader."""
+        return len(self._pending)
+
+    def fileno(self) -> int | None:
+        """The open FIFO, if any (to wait until it is writable)."""
+        return self._fd
 
     def write(self, data: bytes) -> None:
-        """Write what the reader can take now; count the rest as dropped."""
+        """Write what the reader can take now; keep the rest (up to the limit)."""
         if self._path is None or not data:
+            return
+        room = self._limit - len(self._pending)
+        if len(data) > room:
+            self.dropped += len(data) - max(room, 0)
+            data = data[: max(room, 0)]
+        self._pending += data
+        self.flush()
+
+    def flush(self) -> None:
+        """Write as much of the pending output as the FIFO takes without blocking."""
+        if not self._pending or self._path is None:
             return
         if self._fd is None:
             try:
                 self._fd = os.open(self._path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             except OSError:
-                self.dropped += len(data)
+                self.dropped += len(self._pending)  # no reader at all right now
+                self._pending.clear()
                 return
-        view = memoryview(data)
-        while view:
+        while self._pending:
             try:
-                written = os.write(self._fd, view)
+                written = os.write(self._fd, self._pending)
             except BlockingIOError:
-                self.dropped += len(view)
+                if self.on_pending is not None:
+                    self.on_pending()
                 return
             except OSError:
+                self.dropped += len(self._pending)
+                self._pending.clear()
                 self.close()
-                self.dropped += len(view)
                 return
-            view = view[written:]
+            del self._pending[:written]
 
     def close(self) -> None:
         """Close the FIFO (the reader sees EOF once every writer closed)."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
+            if self.before_close is not None:
+                self.before_close(fd)
             os.close(fd)

@@ -429,20 +429,23 @@ class TaskRunner:
         cursor_file = cursor_path(state.runtime_dir)
         delay = 0.5
         try:
-            while True:
-                try:
-                    async with _guest.open_guest(address) as guest:
-                        delay = 0.5
-                        await self._stream_logs(guest, writer, cursor_file)
-                except _guest.HostKeyMismatch as exc:
-                    self._emit(f"Log streaming stopped: {exc}", {"vm": self.vm_name})
-                    return
-                except _guest.GuestError as exc:
-                    log.debug(
-                        "log stream unavailable", extra={"vm": self.vm_name, "error": str(exc)}
-                    )
-                await trio.sleep(delay)
-                delay = min(delay * 2, LOG_RETRY_MAX)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_flush_when_writable, writer)
+                while True:
+                    try:
+                        async with _guest.open_guest(address) as guest:
+                            delay = 0.5
+                            await self._stream_logs(guest, writer, cursor_file)
+                    except _guest.HostKeyMismatch as exc:
+                        self._emit(f"Log streaming stopped: {exc}", {"vm": self.vm_name})
+                        nursery.cancel_scope.cancel()
+                        return
+                    except _guest.GuestError as exc:
+                        log.debug(
+                            "log stream unavailable", extra={"vm": self.vm_name, "error": str(exc)}
+                        )
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, LOG_RETRY_MAX)
         finally:
             writer.close()
 
@@ -545,6 +548,32 @@ class TaskRunner:
         self._scope.cancel()
         await self._delete_vm()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+class _Wakeup:
+    """A re-arming event: ``set`` wakes the next ``wait`` once."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = trio.Event()
+
+
+async def _flush_when_writable(writer: FifoWriter) -> None:
+    """Flush output that did not fit in the FIFO as soon as logmon has read some."""
+    wake = _Wakeup()
+    writer.on_pending = wake.set
+    writer.before_close = trio.lowlevel.notify_closing
+    while True:
+        while writer.pending and (fd := writer.fileno()) is not None:
+            await trio.lowlevel.wait_writable(fd)
+            writer.flush()
+        await wake.wait()
 
 
 def _clone_race(exc: TartCommandError) -> bool:
