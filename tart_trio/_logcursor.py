@@ -17,7 +17,7 @@ from typing import Final
 
 import msgspec
 
-_TIMESTAMP: Final = re.compile(rb"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?(?:[+-]\d{4})?)\s")
+_TIMESTAMP: Final = re.compile(rb"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?(?:[+-]\d{4})?)\s")
 _SHOW_FOOTER: Final = (b"-----", b"Log      -", b"Activity -")
 _LINE_LIMIT: Final = 1 << 20
 
@@ -91,6 +91,9 @@ class LinePump:
     def feed(self, chunk: bytes) -> None:
         """Handle a chunk of output: deliver new complete lines, remember the cursor."""
         data = self._partial + chunk
+        if self._resume is None and self._emitting:
+            self._feed_live(data)
+            return
         lines = data.split(b"\n")
         self._partial = lines.pop()
         if len(self._partial) > _LINE_LIMIT:
@@ -101,6 +104,37 @@ class LinePump:
             self._write(b"".join(out))
         if self._dirty:
             self._dirty = False
+            current = self.cursor
+            if current is not None:
+                _save_cursor(self._file, current)
+
+    def _feed_live(self, data: bytes) -> None:
+        """Nothing to skip: deliver every complete line at once, then update the cursor
+        from the trailing lines only (the common, hot path)."""
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._partial = data if len(data) <= _LINE_LIMIT else b""
+            if len(data) > _LINE_LIMIT:
+                self._write(data + b"\n")
+            return
+        complete, self._partial = data[: cut + 1], data[cut + 1 :]
+        self._write(complete)
+        last_ts, rank, end = b"", 0, len(complete) - 1
+        while end > 0:
+            start = complete.rfind(b"\n", 0, end) + 1
+            match = _TIMESTAMP.match(complete, start)
+            if match is not None:
+                if not last_ts:
+                    last_ts = match.group(1)
+                elif match.group(1) != last_ts:
+                    break
+                rank += 1
+            end = start - 1
+        else:
+            if last_ts and last_ts == self._ts:
+                rank += self._rank
+        if last_ts:
+            self._ts, self._rank = last_ts, rank
             current = self.cursor
             if current is not None:
                 _save_cursor(self._file, current)

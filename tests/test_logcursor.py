@@ -73,3 +73,20 @@ def test_resume_command_turns_stream_into_show() -> None:
         "2026-11-27 07:35:01",
     ]
     assert resume_command(("/bin/cat", "/var/log/app.log"), cursor) is None
+
+
+def test_rank_carries_across_chunks_on_the_live_path(tmp_path: Path) -> None:
+    cursor_file = tmp_path / "cursor"
+    live = LinePump(lambda _: None, cursor_file, skipping_untimed=False)
+    live.feed(line(1, 0, 1) + line(1, 0, 2))
+    live.feed(b"an untimed continuation line\n" + line(1, 0, 3))
+    assert load_cursor(cursor_file) == Cursor("2026-11-27 07:35:01.000000+0000", 3)
+    out: list[bytes] = []
+    LinePump(out.append, cursor_file, skipping_untimed=True).feed(
+        line(1, 0, 1)
+        + line(1, 0, 2)
+        + b"an untimed continuation line\n"
+        + line(1, 0, 3)
+        + line(1, 0, 4)
+    )
+    assert b"".join(out) == line(1, 0, 4)
