@@ -42,3 +42,15 @@ def conformance(session: nox.Session) -> None:
 def protos(session: nox.Session) -> None:
     """Regenerate tart_trio/_proto from proto/ (the test suite fails when it drifts)."""
     session.run(PY, "tools/protogen.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks against in-run baselines; writes BENCHMARKS.md (about 5 min on 2 cores)."""
+    session.run(PY, "-m", "bench", *session.posargs)
+
+
+@nox.session
+def zipapp(session: nox.Session) -> None:
+    """Build build/nomad-driver-tart.pyz, one file for plugin_dir (tools/build_zipapp.py -h)."""
+    session.run(PY, "tools/build_zipapp.py", *session.posargs)

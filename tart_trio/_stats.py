@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Final
 
 import trio
@@ -35,15 +34,16 @@ def _linux_table() -> ProcTable:
         if not entry.name.isdigit():
             continue
         try:
-            stat = Path(entry.path, "stat").read_text()
-            statm = Path(entry.path, "statm").read_text().split()
+            with open(f"{entry.path}/stat", "rb") as f:
+                stat = f.read()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] == "Z":
+        fields = stat.rsplit(b")", 1)[1].split()
+        if fields[0] == b"Z":
             continue
         cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK
-        table[int(entry.name)] = (int(fields[1]), cpu, int(statm[1]) * _PAGE)
+        # field 24, rss in pages: the same number as the second field of statm
+        table[int(entry.name)] = (int(fields[1]), cpu, int(fields[21]) * _PAGE)
     return table
 
 
@@ -93,10 +93,14 @@ def _holders_lsof(path: str) -> set[int]:
     return {int(pid) for pid in out.split() if pid.isdigit()}
 
 
-#: Samplers of different tasks asking within this many seconds share one scan: with
-#: Nomad's 1 s TaskStats per task, N tasks cost about one process-table and fd walk per
-#: second instead of N.
-SHARED_SCAN_SECONDS: Final = 0.5
+#: Samplers of different tasks asking within this many seconds share one process-table
+#: scan: with Nomad's 1 s TaskStats per task, N tasks cost about one scan per second
+#: instead of N. (A sampler never gets the scan it already had: CPU percentages are
+#: computed between the scans' own times.)
+SHARED_SCAN_SECONDS: Final = 0.9
+#: Which processes hold a VM's disk changes only when the VM starts or stops; the walk
+#: over every process's open files is redone at most this often, or for a new disk.
+HOLDERS_SECONDS: Final = 5.0
 _DISK_INTEREST_SECONDS: Final = 10.0
 
 
@@ -107,14 +111,26 @@ class _Scan:
         self.taken = taken
         self.table = table
         self.holders = holders
+        self._children: dict[int, list[int]] | None = None
+
+    @property
+    def children(self) -> dict[int, list[int]]:
+        """pid -> child pids, built once per scan for every sampler that shares it."""
+        if self._children is None:
+            children: dict[int, list[int]] = {}
+            for pid, (ppid, _cpu, _rss) in self.table.items():
+                children.setdefault(ppid, []).append(pid)
+            self._children = children
+        return self._children
 
 
 class _SharedScans:
-    """The latest scan, reused by every sampler that asks within SHARED_SCAN_SECONDS."""
+    """The latest scan, shared by every task's sampler (see SHARED_SCAN_SECONDS)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._last: _Scan | None = None
+        self._holders_at = float("-inf")
         self._disks: dict[str, float] = {}  # disk image -> when a sampler last asked
 
     def get(self, disk: str, newer_than: float) -> _Scan:
@@ -127,24 +143,30 @@ class _SharedScans:
                 if now - asked > _DISK_INTEREST_SECONDS:
                     del self._disks[path]
             scan = self._last
+            new_disk = bool(disk) and (scan is None or disk not in scan.holders)
             if (
                 scan is None
+                or new_disk
                 or now - scan.taken > SHARED_SCAN_SECONDS
                 or scan.taken <= newer_than
-                or (disk and disk not in scan.holders)
             ):
-                scan = self._last = _scan(set(self._disks))
+                linux = sys.platform.startswith("linux")
+                table = _linux_table() if linux else _ps_table()
+                if scan is None or new_disk or now - self._holders_at > HOLDERS_SECONDS:
+                    holders = _disk_holders(set(self._disks), linux)
+                    self._holders_at = now
+                else:
+                    holders = scan.holders
+                scan = self._last = _Scan(time.monotonic(), table, holders)
             return scan
 
 
-def _scan(disks: set[str]) -> _Scan:
-    linux = sys.platform.startswith("linux")
-    table = _linux_table() if linux else _ps_table()
+def _disk_holders(disks: set[str], linux: bool) -> dict[str, set[int]]:
     present = {path for path in disks if os.path.exists(path)}
     holders = _holders_linux(present) if linux else {path: _holders_lsof(path) for path in present}
     for path in disks - present:
         holders[path] = set()
-    return _Scan(time.monotonic(), table, holders)
+    return holders
 
 
 _SCANS: Final = _SharedScans()
@@ -158,9 +180,7 @@ def snapshot(
     table = scan.table
     wanted = {pid for pid in roots if pid in table}
     wanted |= scan.holders.get(disk, set()) & set(table)
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _cpu, _rss) in table.items():
-        children.setdefault(ppid, []).append(pid)
+    children = scan.children
     stack = list(wanted)
     while stack:
         for child in children.get(stack.pop(), []):
