@@ -40,6 +40,16 @@ else:
     asyncssh = _OnFirstUse("asyncssh")
 
 CONNECT_SECONDS: Final = 10.0
+KEEPALIVE_SECONDS: Final = 60
+# AES-GCM first: about half the CPU of asyncssh's default choice for the log stream.
+CIPHERS: Final = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+)
 _CHUNK: Final = 65536
 
 
@@ -94,7 +104,8 @@ def _options(address: GuestAddress) -> dict[str, Any]:
         "preferred_auth": "keyboard-interactive,password",
         "connect_timeout": CONNECT_SECONDS,
         "login_timeout": CONNECT_SECONDS,
-        "keepalive_interval": 15,
+        "keepalive_interval": KEEPALIVE_SECONDS,
+        "encryption_algs": CIPHERS,
     }
 
 

@@ -32,15 +32,33 @@ class Cursor(msgspec.Struct, frozen=True):
 def load_cursor(path: Path) -> Cursor | None:
     """The saved cursor, if any."""
     try:
-        return msgspec.json.decode(path.read_bytes(), type=Cursor)
+        return msgspec.json.decode(path.read_bytes().strip(), type=Cursor)
     except (OSError, msgspec.DecodeError):
         return None
 
 
-def _save_cursor(path: Path, cursor: Cursor) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(msgspec.json.encode(cursor))
-    os.replace(tmp, path)
+_RECORD: Final = 256  # one fixed-size record, rewritten in place with a single pwrite
+
+
+class _CursorFile:
+    """The cursor file, kept open: each save is one small pwrite (no temp file, no rename)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd: int | None = None
+
+    def save(self, cursor: Cursor) -> None:
+        record = msgspec.json.encode(cursor)
+        if len(record) >= _RECORD:
+            return  # never happens for timestamps; keep the last good record
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.pwrite(self._fd, record.ljust(_RECORD), 0)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
 
 def resume_command(stream_command: Sequence[str], cursor: Cursor) -> list[str] | None:
@@ -73,7 +91,7 @@ class LinePump:
         self, write: Callable[[bytes], None], cursor_file: Path, *, skipping_untimed: bool
     ) -> None:
         self._write = write
-        self._file = cursor_file
+        self._file = _CursorFile(cursor_file)
         self._resume = load_cursor(cursor_file)
         self._partial = b""
         self._ts = b""
@@ -106,7 +124,7 @@ class LinePump:
             self._dirty = False
             current = self.cursor
             if current is not None:
-                _save_cursor(self._file, current)
+                self._file.save(current)
 
     def _feed_live(self, data: bytes) -> None:
         """Nothing to skip: deliver every complete line at once, then update the cursor
@@ -137,7 +155,11 @@ class LinePump:
             self._ts, self._rank = last_ts, rank
             current = self.cursor
             if current is not None:
-                _save_cursor(self._file, current)
+                self._file.save(current)
+
+    def close(self) -> None:
+        """Release the cursor file."""
+        self._file.close()
 
     def end_of_replay(self) -> None:
         """The replayed part is over: the live stream follows and repeats its tail."""

@@ -140,8 +140,12 @@ class TaskRunner:
         tart = self.ctx.tart
         await self._clone(tart)
         await self._configure(tart)
-        async with self.ctx.launch_lock:  # one VM at a time between the slot check and run
-            await self._check_macos_slots(tart)
+        if await vms.vm_os(tart, self.vm_name) == "darwin":
+            # Apple's limit: one macOS VM at a time between the slot check and tart run.
+            async with self.ctx.launch_lock:
+                await self._check_macos_slots(tart)
+                supervisor_pid, token = await self._launch(tart)
+        else:
             supervisor_pid, token = await self._launch(tart)
         self._emit(f"VM {self.vm_name} started", {"vm": self.vm_name})
         with trio.move_on_after(self.ctx.boot_timeout) as boot:
@@ -249,8 +253,6 @@ class TaskRunner:
                 await tart.run(*argv)
 
     async def _check_macos_slots(self, tart: Tart) -> None:
-        if await vms.vm_os(tart, self.vm_name) != "darwin":
-            return
         running = await vms.running_macos_vms(tart)
         if len(running) >= self.ctx.max_macos_vms:
             raise RecoverableError(
@@ -455,21 +457,23 @@ class TaskRunner:
         command = self.config.log_command
         cursor = load_cursor(cursor_file)
         replay = resume_command(command, cursor) if cursor is not None else None
-        if replay is None:
-            pump = LinePump(writer.write, cursor_file, skipping_untimed=False)
-            await guest.stream(command, pump.feed)
-            return
-        pump = LinePump(writer.write, cursor_file, skipping_untimed=True)
-        live = HeldOutput(pump.feed, REPLAY_HOLD_LIMIT)
-        running = trio.Event()
-        with single_errors():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(guest.stream, command, live.feed, running.set)
-                await running.wait()  # the live stream runs before the replay is taken
-                replayed = await guest.run(replay, max_output=REPLAY_LIMIT)
-                pump.feed(replayed.stdout)
-                pump.end_of_replay()
-                live.release()
+        pump = LinePump(writer.write, cursor_file, skipping_untimed=replay is not None)
+        try:
+            if replay is None:
+                await guest.stream(command, pump.feed)
+                return
+            live = HeldOutput(pump.feed, REPLAY_HOLD_LIMIT)
+            running = trio.Event()
+            with single_errors():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(guest.stream, command, live.feed, running.set)
+                    await running.wait()  # the live stream runs before the replay is taken
+                    replayed = await guest.run(replay, max_output=REPLAY_LIMIT)
+                    pump.feed(replayed.stdout)
+                    pump.end_of_replay()
+                    live.release()
+        finally:
+            pump.close()
 
     # ---- stop / destroy ----------------------------------------------------------------
 
