@@ -10,11 +10,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 
-from tart_trio._config import PluginConfig
+from tart_trio._config import Directory, PluginConfig, TaskConfig
+from tart_trio._errors import ConfigError
 from tart_trio._fingerprint import HOME_MISSING, fingerprint
+from tart_trio._policy import check_shares_readable, readable_by
 from tart_trio._tart.cli import Tart, resolve_user
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running as another user needs root")
@@ -118,3 +121,27 @@ async def test_fingerprint_is_unhealthy_when_the_users_home_is_missing(
 async def test_fingerprint_is_unhealthy_for_an_unknown_user(fake_tart_bin: Path) -> None:
     fp = await fingerprint(PluginConfig(tart_path=str(fake_tart_bin), tart_user="no-such-user"))
     assert fp.health == "unhealthy" and "no-such-user" in fp.description
+
+
+def test_shares_must_be_readable_by_the_tart_user(
+    tart_user: pwd.struct_passwd, tmp_path: Path
+) -> None:
+    user = resolve_user(USER)
+    assert user is not None
+    public = Path("/tmp") / f"{USER}-share-{os.getpid()}"
+    public.mkdir(mode=0o755, exist_ok=True)
+    private = public / "private"
+    private.mkdir(mode=0o700, exist_ok=True)
+    assert readable_by(str(public), user)
+    assert not readable_by(str(private), user)
+    config = TaskConfig(
+        url="ghcr.io/x/y",
+        ssh_user="a",
+        ssh_password="p",
+        directory=(Directory(path=str(private), name="p"),),
+    )
+    with pytest.raises(ConfigError) as caught:
+        check_shares_readable(config, str(public), user)
+    assert caught.value.field == "directory[0].path" and USER in str(caught.value)
+    check_shares_readable(msgspec.structs.replace(config, directory=()), str(public), user)
+    check_shares_readable(config, str(private), None)  # no tart_user: nothing to check

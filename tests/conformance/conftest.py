@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from tests.conformance.nomadsim import NomadSim, open_nomadsim
 from tests.plugin_process import plugin_command
@@ -100,3 +101,10 @@ def _children_named(marker: str) -> list[int]:
         if me in (parent, grandparent):
             found.append(pid)
     return found
+
+
+async def until(check: Callable[[], object], seconds: float = 30) -> None:
+    """Wait for a condition on an external process (a VM, a guest, a file) with a deadline."""
+    with trio.fail_after(seconds):
+        while not check():
+            await trio.sleep(0.05)

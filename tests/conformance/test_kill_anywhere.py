@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.conformance.conftest import launch_args
+from tests.conformance.conftest import launch_args, until
 from tests.conformance.nomadsim import NomadSim, NomadSimError
 from tests.conformance.test_lifecycle import _variant, start
 from tests.faketart.fixtures import LINUX_IMAGE, FakeTart, needs_guest_reason
@@ -25,12 +25,6 @@ PLUGIN = (
 async def launch(sim: NomadSim, fake: FakeTart, tmp_path: Path) -> None:
     await sim.call("launch", **launch_args(tmp_path / "plugin.log", **fake.env()))
     await sim.call("set_config", hcl=PLUGIN, with_nomad_config=True)
-
-
-async def until(check: Any, seconds: float = 30) -> None:
-    with trio.fail_after(seconds):
-        while not check():
-            await trio.sleep(0.02)
 
 
 def called(fake: FakeTart, sub: str) -> bool:

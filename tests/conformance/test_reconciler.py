@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.conformance.conftest import launch_args, plugin_log
+from tests.conformance.conftest import launch_args, plugin_log, until
 from tests.conformance.nomadsim import NomadSim
 from tests.conformance.test_lifecycle import _variant, start
 from tests.faketart.fixtures import LINUX_IMAGE, FakeTart, needs_guest_reason
@@ -29,12 +29,6 @@ def local_vms(fake: FakeTart) -> set[str]:
     return set(fake.tart("list", "--quiet", "--source", "local").stdout.split())
 
 
-async def wait_until(check: object, seconds: float = 20) -> None:
-    with trio.fail_after(seconds):
-        while not check():  # type: ignore[operator]
-            await trio.sleep(0.1)
-
-
 @pytest.mark.parametrize("dry_run", [True, False])
 async def test_planted_orphans_go_and_other_vms_stay(
     sim: NomadSim, fake_tart: FakeTart, tmp_path: Path, dry_run: bool
@@ -52,13 +46,13 @@ async def test_planted_orphans_go_and_other_vms_stay(
     def reported() -> bool:
         return any(orphan == e.get("vm") for e in plugin_log(log))
 
-    await wait_until(reported)
+    await until(reported)
     if dry_run:
         messages = [e["@message"] for e in plugin_log(log) if e.get("vm") == orphan]
         assert all("dry run" in m for m in messages)
         assert orphan in local_vms(fake_tart)
     else:
-        await wait_until(lambda: orphan not in local_vms(fake_tart))
+        await until(lambda: orphan not in local_vms(fake_tart))
     assert {"my-own-vm", "nomad-build", owned_vm} <= local_vms(fake_tart)
     await sim.call("stop_task", task_id=owned["task_id"], timeout_seconds=5)
     await sim.call("destroy_task", task_id=owned["task_id"])

@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from tart_trio._state import decode_state, encode_state
+from tests.conformance.conftest import until
 from tests.conformance.nomadsim import NomadSim, NomadSimError, SimStream
 from tests.conformance.test_lifecycle import _variant, collect, launch, start
 from tests.faketart.fixtures import FakeTart, needs_guest_reason
@@ -33,12 +34,6 @@ def seqs(path: Path) -> list[int]:
     return [int(m.group(1)) for m in SEQ.finditer(path.read_text(errors="replace"))]
 
 
-async def wait_until(predicate: Any, seconds: float = 20) -> None:
-    with trio.fail_after(seconds):
-        while not predicate():
-            await trio.sleep(0.05)
-
-
 async def test_running_vms_are_reattached_with_logs_intact(
     sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
 ) -> None:
@@ -48,12 +43,12 @@ async def test_running_vms_are_reattached_with_logs_intact(
     runs_before = fake_tart.running_vms()
     logs = [Path(t["stdout_log"]) for t in tasks]
     for log in logs:
-        await wait_until(lambda log=log: len(seqs(log)) >= 5)
+        await until(lambda log=log: len(seqs(log)) >= 5)
 
     await sim.call("sigkill")
     vms = [f"nomad-{t['task_config']['alloc_id']}" for t in tasks]
     marks = [len(fake_tart.guest_log(vm)) for vm in vms]
-    await wait_until(
+    await until(
         lambda: all(
             len(fake_tart.guest_log(vm)) >= m + 20 for vm, m in zip(vms, marks, strict=True)
         )
@@ -66,7 +61,7 @@ async def test_running_vms_are_reattached_with_logs_intact(
     assert len(fake_tart.calls_of("run")) == 2 and len(fake_tart.calls_of("clone")) == 2
     for vm, log in zip(vms, logs, strict=True):
         latest = SEQ.findall(fake_tart.guest_log(vm)[-1])[-1]
-        await wait_until(lambda log=log, latest=latest: seqs(log) and seqs(log)[-1] >= int(latest))
+        await until(lambda log=log, latest=latest: seqs(log) and seqs(log)[-1] >= int(latest))
         got = seqs(log)
         assert got == list(range(got[0], got[-1] + 1)), "no gap and no duplicate"
     for t in tasks:
@@ -86,7 +81,7 @@ async def test_exits_while_the_plugin_was_down_are_reported(
     fake_tart.ssh(ip, "sudo shutdown -h now")
     crash_vm = f"nomad-{crashed['task_config']['alloc_id']}"
     fake_tart.set_knobs(crash_vm, crash_after=0.1, crash_exit_code=7)
-    await wait_until(lambda: fake_tart.running_vms() == {})
+    await until(lambda: fake_tart.running_vms() == {})
     await launch(sim, fake_tart, tmp_path)
     for t in (shut, crashed):
         await sim.call("recover_task", handle=t["handle"], drop_driver_config=True)
@@ -152,7 +147,7 @@ async def test_a_changed_host_key_is_refused(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(collect, stream, events)
         await sim.call("recover_task", handle=handle, drop_driver_config=True)
-        await wait_until(lambda: any("host key" in e["message"] for e in events))
+        await until(lambda: any("host key" in e["message"] for e in events))
         nursery.cancel_scope.cancel()
     await sim.call("stop_task", task_id=task["task_id"], timeout_seconds=5, signal="SIGKILL")
     await sim.call("destroy_task", task_id=task["task_id"])
