@@ -15,11 +15,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from tests.conformance.build import BUILD_DIR, GOCODE, offline_go_env
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SOURCE = HERE / "goplugin"
-BUILD_DIR = REPO / "build"
-GOCODE = Path("/usr/share/gocode")
 
 
 class GoBuildError(RuntimeError):
@@ -49,17 +49,7 @@ def build_goplugin() -> Path:
         pkg.mkdir(parents=True)
         for src in SOURCE.glob("*.go"):
             shutil.copy2(src, pkg / src.name)
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": os.environ.get("HOME", str(BUILD_DIR)),
-            "GO111MODULE": "off",
-            "GOPATH": f"{tmp}:{GOCODE}",
-            "GOCACHE": str(BUILD_DIR / "gocache"),
-            "GOPROXY": "off",
-            "GOFLAGS": "",
-            "CGO_ENABLED": "1" if shutil.which("gcc") else "0",
-            "TMPDIR": tmp,
-        }
+        env = offline_go_env(Path(tmp))
         partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         argv = [go, "build", "-ldflags=-s -w", "-o", str(partial), "benchgoplugin"]
         proc = subprocess.run(argv, env=env, cwd=pkg, capture_output=True, text=True)

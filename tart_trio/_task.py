@@ -26,15 +26,8 @@ import trio
 from tart_trio import _guest, _proc
 from tart_trio._config import TaskConfig, network_mode
 from tart_trio._errors import RecoverableError, TartTrioError
-from tart_trio._fifo import FifoWriter
 from tart_trio._groups import single_errors
-from tart_trio._logcursor import (
-    HeldOutput,
-    LinePump,
-    cursor_path,
-    load_cursor,
-    resume_command,
-)
+from tart_trio._logpump import pump_logs
 from tart_trio._model import ExitResult, NomadTask, TaskPhase
 from tart_trio._pulls import Pulls
 from tart_trio._state import DriverState
@@ -48,11 +41,8 @@ VM_LIMIT_TEXT: Final = "exceeds the system limit"
 TART_CALL_SECONDS: Final = 120.0
 FORCE_SECONDS: Final = 15.0
 SHUTDOWN_SSH_SECONDS: Final = 5.0
-LOG_RETRY_MAX: Final = 10.0
 PROGRESS_EVERY: Final = 10.0
 CLONE_ATTEMPTS: Final = 3
-REPLAY_LIMIT: Final = 64 << 20
-REPLAY_HOLD_LIMIT: Final = 16 << 20
 GRACEFUL_SIGNALS: Final = frozenset({"", "SIGINT", "SIGTERM", "SIGQUIT", "INT", "TERM", "QUIT"})
 POWER_OFF_SIGNALS: Final = frozenset({"SIGKILL", "KILL"})
 
@@ -356,7 +346,7 @@ class TaskRunner:
     async def _watch(self, state: DriverState) -> None:
         """Own the exit watcher and the log stream until the VM ends."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump_logs, state)
+            nursery.start_soon(pump_logs, state, self.config.log_command, self._emit)
             await _proc.wait_exit(state.supervisor_pid, state.supervisor_token)
             nursery.cancel_scope.cancel()
         status = read_status(Path(state.status_file))
@@ -418,62 +408,6 @@ class TaskRunner:
             "process. Use SIGTERM, SIGINT or SIGQUIT (graceful guest shutdown) or SIGKILL "
             "(power off); to signal a process inside the guest use `nomad alloc exec`"
         )
-
-    async def _pump_logs(self, state: DriverState) -> None:
-        """Guest log lines into the stdout FIFO, reconnecting with backoff until the VM ends."""
-        writer = FifoWriter(state.stdout_path)
-        address = _guest.GuestAddress(
-            host=state.ip,
-            user=self.config.ssh_user,
-            password=self.config.ssh_password,
-            host_key=state.host_key,
-        )
-        cursor_file = cursor_path(state.runtime_dir)
-        delay = 0.5
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_flush_when_writable, writer)
-                while True:
-                    try:
-                        async with _guest.open_guest(address) as guest:
-                            delay = 0.5
-                            await self._stream_logs(guest, writer, cursor_file)
-                    except _guest.HostKeyMismatch as exc:
-                        self._emit(f"Log streaming stopped: {exc}", {"vm": self.vm_name})
-                        nursery.cancel_scope.cancel()
-                        return
-                    except _guest.GuestError as exc:
-                        log.debug(
-                            "log stream unavailable", extra={"vm": self.vm_name, "error": str(exc)}
-                        )
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, LOG_RETRY_MAX)
-        finally:
-            writer.close()
-
-    async def _stream_logs(
-        self, guest: _guest.Guest, writer: FifoWriter, cursor_file: Path
-    ) -> None:
-        command = self.config.log_command
-        cursor = load_cursor(cursor_file)
-        replay = resume_command(command, cursor) if cursor is not None else None
-        pump = LinePump(writer.write, cursor_file, skipping_untimed=replay is not None)
-        try:
-            if replay is None:
-                await guest.stream(command, pump.feed)
-                return
-            live = HeldOutput(pump.feed, REPLAY_HOLD_LIMIT)
-            running = trio.Event()
-            with single_errors():
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(guest.stream, command, live.feed, running.set)
-                    await running.wait()  # the live stream runs before the replay is taken
-                    replayed = await guest.run(replay, max_output=REPLAY_LIMIT)
-                    pump.feed(replayed.stdout)
-                    pump.end_of_replay()
-                    live.release()
-        finally:
-            pump.close()
 
     # ---- stop / destroy ----------------------------------------------------------------
 
@@ -552,32 +486,6 @@ class TaskRunner:
         self._scope.cancel()
         await self._delete_vm()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
-
-
-class _Wakeup:
-    """A re-arming event: ``set`` wakes the next ``wait`` once."""
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-        self._event = trio.Event()
-
-
-async def _flush_when_writable(writer: FifoWriter) -> None:
-    """Flush output that did not fit in the FIFO as soon as logmon has read some."""
-    wake = _Wakeup()
-    writer.on_pending = wake.set
-    writer.before_close = trio.lowlevel.notify_closing
-    while True:
-        while writer.pending and (fd := writer.fileno()) is not None:
-            await trio.lowlevel.wait_writable(fd)
-            writer.flush()
-        await wake.wait()
 
 
 def _clone_race(exc: TartCommandError) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 
 from tart_trio._fifo import FifoWriter
-from tart_trio._task import _flush_when_writable
+from tart_trio._logpump import flush_when_writable
 
 
 async def test_slow_reader_loses_nothing_and_absent_reader_costs_nothing(tmp_path: Path) -> None:
@@ -21,7 +21,7 @@ async def test_slow_reader_loses_nothing_and_absent_reader_costs_nothing(tmp_pat
     payload = os.urandom(1 << 20)  # far more than a pipe holds
     received = bytearray()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_flush_when_writable, writer)
+        nursery.start_soon(flush_when_writable, writer)
         writer.write(payload)
         assert writer.pending > 0, "the rest waits in the buffer"
         with trio.fail_after(10):
