@@ -22,6 +22,8 @@ from tests.faketart.fixtures import (
     LINUX_IMAGE,
     MACOS_IMAGE,
     FakeTart,
+    ensure_user,
+    fake_tart_for_user,
     needs_guest_reason,
     pid_alive,
     read_calls,
@@ -1207,3 +1209,70 @@ def test_vnc_serial_and_exec(fake_tart: FakeTart):
     assert lines[1:] == [f"VNC server is running at vnc://{ip}", "Stopping VM..."]
     r = fake_tart.tart("exec", "vm", "uname")
     assert (r.returncode, r.stderr) == (2, 'VM "vm" is not running\n')
+
+
+# ---------------------------------------------------------------------------
+# `tart` run by another user, through the fake virtualization service
+
+
+@needs_guest
+def test_tart_run_by_another_user_boots_a_guest_with_that_users_rights():
+    user = ensure_user("faketart-test")
+    as_user = {"user": user.pw_uid, "group": user.pw_gid, "cwd": "/"}
+    with fake_tart_for_user(user) as ft:
+        env = ft.env()
+        clone = subprocess.run(
+            [str(ft.tart_path), "clone", MACOS_IMAGE, "vm"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            **as_user,
+        )
+        assert clone.returncode == 0, clone.stderr
+        assert (ft.home / "vms" / "vm").stat().st_uid == user.pw_uid
+        readable = ft.scratch / "readable"
+        readable.mkdir(mode=0o755)
+        (readable / "hello").write_text("hi\n")
+        closed = ft.scratch / "closed"
+        closed.mkdir(mode=0o700)
+        run = subprocess.Popen(
+            [
+                str(ft.tart_path),
+                "run",
+                "vm",
+                "--no-graphics",
+                f"--dir=open:{readable}:ro",
+                f"--dir=closed:{closed}:ro",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **as_user,
+        )
+        try:
+            ip = ft.wait_ip("vm", timeout=20)
+            shares = "/Volumes/My Shared Files"
+            seen = ft.ssh(ip, f"id -u; cat '{shares}/open/hello'; ls '{shares}/closed'")
+            assert seen.stdout == f"{user.pw_uid}\nhi\n"
+            assert "Permission denied" in seen.stderr
+            guest = ft.runtime("vm")["guest_pid"]
+            run.kill()  # tart run dies without a word: the service powers the guest off
+            run.wait(timeout=10)
+            wait_for(lambda: not pid_alive(guest), what="the guest to die with tart run")
+        finally:
+            if run.poll() is None:
+                run.kill()
+            run.wait(timeout=10)
+            assert run.stdout is not None
+            run.stdout.close()
+        delete = subprocess.run(
+            [str(ft.tart_path), "delete", "vm"],
+            env=env,
+            capture_output=True,
+            check=False,
+            **as_user,
+        )
+        assert delete.returncode == 0, delete.stderr
+        assert not (ft.home / "vms" / "vm").exists()

@@ -161,6 +161,7 @@ class FakeTart:
         self.strict_teardown = False
         self.leftovers: list[str] = []
         self._procs: list[RunningVM] = []
+        self.extra_env: dict[str, str] = {}
         self._pybin = _make_python_dir(scratch / "faketart-python")
         home.mkdir(parents=True, exist_ok=True)
         self._registry: dict[str, Any] = {
@@ -198,6 +199,7 @@ class FakeTart:
             env["CI"] = "true"
         else:
             env.pop("CI", None)
+        env.update(self.extra_env)
         env.update(extra)
         return env
 
@@ -612,3 +614,73 @@ def needs_guest_reason() -> str | None:
     if not linuxsys.namespaces_available():
         return "fake Tart guests need unshare(CLONE_NEWNS|CLONE_NEWPID)"
     return None
+
+
+# ---------------------------------------------------------------------------
+# `tart` run by another user (a Mac's dedicated tart account)
+
+VMM = HERE / "faketart" / "vmm.py"
+
+
+def ensure_user(name: str) -> Any:
+    """A local account (created on first use, needs root) with its home under /tmp.
+
+    Returns its ``pwd`` entry. The home belongs to the user, like a Mac's tart account.
+    """
+    import pwd
+
+    home = Path("/tmp") / f"{name}-home"
+    home.mkdir(mode=0o755, exist_ok=True)
+    created = subprocess.run(
+        ["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/sh", name],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if created.returncode not in (0, 9):  # 9: the account exists already
+        raise RuntimeError(f"useradd {name}: {created.stderr.strip()}")
+    entry = pwd.getpwnam(name)
+    os.chown(home, entry.pw_uid, entry.pw_gid)
+    return entry
+
+
+@contextlib.contextmanager
+def running_vmm(sock: Path) -> Iterator[Path]:
+    """The fake virtualization service (root), for `tart run` as another user."""
+    proc = subprocess.Popen(
+        [sys.executable, str(VMM), str(sock)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline() != b"ready\n":
+            raise RuntimeError("the fake virtualization service did not start")
+        yield sock
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@contextlib.contextmanager
+def fake_tart_for_user(user: Any) -> Iterator[FakeTart]:
+    """A fake Tart host whose `tart` runs as ``user``: public scratch, TART_HOME it owns.
+
+    ``env()`` includes ``FAKETART_VMM``, so that user's `tart run` boots real guests.
+    """
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="faketart-user-"))
+    base.chmod(0o755)
+    ft = FakeTart(base / "tart-home", base)
+    os.chown(ft.home, user.pw_uid, user.pw_gid)
+    ft.extra_env["FAKETART_VMM"] = str(base / "vmm.sock")
+    try:
+        with running_vmm(base / "vmm.sock"):
+            try:
+                yield ft
+            finally:
+                ft.cleanup()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

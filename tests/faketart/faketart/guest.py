@@ -360,6 +360,9 @@ class Guest:
         )
 
     def _share_mount(self, source: str, target: str, ro: bool) -> None:
+        if not self.spec.get("share_idmap", True):
+            linuxsys.bind(source, target, readonly=ro, recursive=True)
+            return
         try:
             if self.userns_fd < 0:
                 self.userns_fd = linuxsys.make_userns_fd(

@@ -66,6 +66,23 @@ class Lease:
             self.fd = -1
 
 
+def _open_lock(path: str) -> int:
+    """Open (or create) an address lock file; -1 when that is not possible.
+
+    Existing files are opened without O_CREAT: with fs.protected_regular, O_CREAT on
+    another user's file in the sticky, world-writable lock directory fails even for
+    root, and the lock files are shared by every user running the fake.
+    """
+    for flags in (os.O_RDWR, os.O_RDWR | os.O_CREAT | os.O_EXCL):
+        try:
+            return os.open(path, flags | os.O_CLOEXEC, 0o666)
+        except (FileNotFoundError, FileExistsError):
+            continue
+        except OSError:
+            return -1
+    return -1
+
+
 def allocate(owner: str, prefer: list[str] | None = None) -> Lease:
     d = addr_dir()
     candidates = [a for a in (prefer or []) if a.startswith("127.0.0.")]
@@ -76,9 +93,8 @@ def allocate(owner: str, prefer: list[str] | None = None) -> Lease:
             continue
         seen.add(addr)
         path = os.path.join(d, f"{addr}.lock")
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        except OSError:
+        fd = _open_lock(path)
+        if fd < 0:
             continue
         with contextlib.suppress(OSError):
             os.fchmod(fd, 0o666)

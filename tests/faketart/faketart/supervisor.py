@@ -77,10 +77,23 @@ def guest_mode() -> str:
         return "none"
     from . import linuxsys
 
-    ok = os.path.exists("/usr/sbin/sshd") and linuxsys.namespaces_available()
+    ok = os.path.exists("/usr/sbin/sshd") and (
+        linuxsys.namespaces_available() or _vmm_socket() is not None
+    )
     if want == "ssh" and not ok:
-        raise SwiftErr("faketart: FAKETART_GUEST=ssh needs root, unshare(2) and /usr/sbin/sshd")
+        raise SwiftErr(
+            "faketart: FAKETART_GUEST=ssh needs root (or FAKETART_VMM), unshare(2) and "
+            "/usr/sbin/sshd"
+        )
     return "ns" if ok else "none"
+
+
+def _vmm_socket() -> str | None:
+    """The fake virtualization service a non-root `tart run` boots its guest through."""
+    path = os.environ.get("FAKETART_VMM")
+    if os.geteuid() == 0 or not path or not os.path.exists(path):
+        return None
+    return path
 
 
 class Supervisor:
@@ -204,7 +217,10 @@ class Supervisor:
         vm = self.vm
         user = str(self.meta.get("user", "admin"))
         password = str(self.meta.get("password", "admin"))
-        uid = _choose_uid()
+        # Through the virtualization service the guest user is the caller: shares are
+        # then exactly as readable in the guest as they are to the user running tart.
+        uid = _choose_uid() if os.geteuid() == 0 else os.getuid()
+        gid = uid if os.geteuid() == 0 else os.getgid()
         darwin = self.cfg.get("os") == "darwin"
         home_dir = vm.fake("home")
         os.makedirs(home_dir, exist_ok=True)
@@ -251,7 +267,8 @@ class Supervisor:
             "os": self.cfg.get("os"),
             "user": user,
             "uid": uid,
-            "gid": uid,
+            "gid": gid,
+            "share_idmap": os.geteuid() == 0,
             "guest_home": f"/Users/{user}" if darwin else f"/home/{user}",
             "password_hash": sha512_crypt(password),
             "addr": self.lease.addr if self.lease else "127.0.0.1",
@@ -269,10 +286,6 @@ class Supervisor:
     def spawn_guest(self, mode: str, spec_path: str) -> None:
         from . import linuxsys
 
-        if mode == "ns":
-            # Our next child becomes PID 1 of a new PID namespace: when it dies,
-            # the kernel kills every process of the guest.
-            linuxsys.unshare(linuxsys.CLONE_NEWPID)
         env = {
             "PATH": os.environ.get("PATH", os.defpath),
             "FAKETART_HOME": self.home,
@@ -280,6 +293,20 @@ class Supervisor:
             "LANG": "C.UTF-8",
             "PYTHONDONTWRITEBYTECODE": "1",
         }
+        vmm = _vmm_socket() if mode == "ns" else None
+        if vmm is not None:
+            from .vmm import RemoteGuest
+
+            try:
+                self.guest = RemoteGuest(vmm, spec_path, env, self.console_fd)
+            except OSError as e:
+                raise SwiftErr(f"faketart: {e}") from e
+            os.set_blocking(self.guest.stdout.fileno(), False)
+            return
+        if mode == "ns":
+            # Our next child becomes PID 1 of a new PID namespace: when it dies,
+            # the kernel kills every process of the guest.
+            linuxsys.unshare(linuxsys.CLONE_NEWPID)
         self.guest = subprocess.Popen(
             [sys.executable, "-S", "-E", os.path.join(PKG_DIR, "guestinit.py"), spec_path],
             stdin=subprocess.PIPE,
