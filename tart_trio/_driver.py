@@ -25,7 +25,7 @@ from tart_trio._model import (
     TaskEvent,
     TaskStatus,
 )
-from tart_trio._policy import check_shares_readable, check_task
+from tart_trio._policy import check_task, share_with_tart_user
 from tart_trio._pulls import Pulls
 from tart_trio._reconcile import run_reconciler
 from tart_trio._recovery import recover_runner
@@ -174,7 +174,7 @@ class Driver:
         check_task(self.config, config)
         ctx = self._context()
         secrets = os.path.join(task.alloc_dir, task.name, "secrets")
-        check_shares_readable(config, secrets, ctx.tart.user)
+        share_with_tart_user(config, secrets, ctx.tart.user)
         vm_name = self._claim_vm_name(task)
         emit = self._emitter(task)
         emit(f"Starting VM {vm_name} from {config.url}", {"vm": vm_name})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 from typing import Final
 
 from tart_trio._config import PluginConfig, TaskConfig, network_mode
@@ -62,39 +63,95 @@ def _check_image(plugin: PluginConfig, url: str) -> None:
         raise _refuse("url", f"{url!r} matches none of the allowed images: {', '.join(patterns)}")
 
 
+def _bits(info: os.stat_result, user: RunAs) -> int:
+    """The permission bits that apply to ``user`` for a file with ``info``."""
+    if info.st_uid == user.uid:
+        return (info.st_mode >> 6) & 0o7
+    if info.st_gid == user.gid or info.st_gid in user.groups:
+        return (info.st_mode >> 3) & 0o7
+    return info.st_mode & 0o7
+
+
+def _blocking_parent(path: str, user: RunAs) -> str | None:
+    """The first directory above ``path`` that ``user`` may not search, if any."""
+    parents = []
+    current = os.path.dirname(path)
+    while True:
+        parents.append(current)
+        if current == "/":
+            break
+        current = os.path.dirname(current)
+    for parent in reversed(parents):
+        try:
+            info = os.stat(parent)
+        except OSError:
+            return parent
+        if not _bits(info, user) & 0o1:
+            return parent
+    return None
+
+
 def readable_by(path: str, user: RunAs) -> bool:
     """Whether ``user`` can list ``path`` (every parent searchable, the directory readable)."""
-    current = os.path.realpath(path)
-    need = 0o4 | 0o1  # read and search on the directory itself
-    while True:
-        try:
-            info = os.stat(current)
-        except OSError:
-            return False
-        if info.st_uid == user.uid:
-            bits = (info.st_mode >> 6) & 0o7
-        elif info.st_gid in user.groups or info.st_gid == user.gid:
-            bits = (info.st_mode >> 3) & 0o7
-        else:
-            bits = info.st_mode & 0o7
-        if bits & need != need:
-            return False
-        if current == "/":
-            return True
-        current = os.path.dirname(current)
-        need = 0o1  # parents only need search
+    real = os.path.realpath(path)
+    try:
+        info = os.stat(real)
+    except OSError:
+        return False
+    return _blocking_parent(real, user) is None and _bits(info, user) & 0o5 == 0o5
 
 
-def check_shares_readable(config: TaskConfig, secrets_dir: str, user: RunAs | None) -> None:
-    """With tart_user, every shared host directory must be readable by that user."""
+def share_secrets(secrets_dir: str, user: RunAs) -> None:
+    """Make the task's secrets directory readable by ``user``, who shares it with the VM.
+
+    Nomad creates the directory and renders into it as root; whatever the tart user cannot
+    read (the directory, or a file rendered with ``perms = "600"``) is handed to that user.
+    Group and other permissions are never widened. The directories above it are Nomad's
+    (``alloc_dir`` is 0711 by default); if one of them shuts the user out, the start is
+    refused with the directory to fix.
+    """
+    real = os.path.realpath(secrets_dir)
+    field = "the task's secrets directory"
+    if not os.path.isdir(real):
+        raise ConfigError(field, f"{secrets_dir!r} does not exist")
+    blocked = _blocking_parent(real, user)
+    if blocked is not None:
+        raise ConfigError(
+            field,
+            f"{secrets_dir!r} cannot be reached by tart_user {user.name!r}: it may not "
+            f"search {blocked!r} (allow it with `chmod o+x {blocked}`)",
+        )
+    _hand_over(real, user, directory=True)
+    for root, dirs, files in os.walk(real):
+        for name in dirs:
+            _hand_over(os.path.join(root, name), user, directory=True)
+        for name in files:
+            _hand_over(os.path.join(root, name), user, directory=False)
+
+
+def _hand_over(path: str, user: RunAs, *, directory: bool) -> None:
+    need = 0o5 if directory else 0o4
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or _bits(info, user) & need == need:
+        return
+    os.chown(path, user.uid, -1)
+    os.chmod(path, stat.S_IMODE(info.st_mode) | (need << 6))
+
+
+def share_with_tart_user(config: TaskConfig, secrets_dir: str, user: RunAs | None) -> None:
+    """With tart_user, the VM's shares must be readable by that user.
+
+    The secrets directory is Nomad's and made readable (see :func:`share_secrets`); a
+    ``directory`` mount is the operator's host directory and is never changed: one the
+    user cannot read is refused.
+    """
     if user is None:
         return
-    shares = [("the task's secrets directory", secrets_dir)]
-    shares += [(f"directory[{i}].path", d.path) for i, d in enumerate(config.directory)]
-    for field, path in shares:
-        if not readable_by(path, user):
+    for i, d in enumerate(config.directory):
+        if not readable_by(d.path, user):
             raise ConfigError(
-                field,
-                f"{path!r} is not readable by tart_user {user.name!r}, "
+                f"directory[{i}].path",
+                f"{d.path!r} is not readable by tart_user {user.name!r}, "
                 "which runs tart and so shares it with the VM",
             )
+    share_secrets(secrets_dir, user)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +20,9 @@ import trio
 from tart_trio._config import Directory, PluginConfig, TaskConfig
 from tart_trio._errors import ConfigError
 from tart_trio._fingerprint import HOME_MISSING, fingerprint
-from tart_trio._policy import check_shares_readable, readable_by
+from tart_trio._policy import readable_by, share_with_tart_user
 from tart_trio._tart.cli import Tart, resolve_user
+from tests.faketart.fixtures import ensure_user
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running as another user needs root")
 
@@ -29,25 +33,22 @@ printf '{"uid": %s, "home": "%s", "user": "%s", "path": "%s"}\\n' "$(id -u)" "$H
 
 
 @pytest.fixture(scope="module")
-def tart_user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pwd.struct_passwd]:
-    home = Path("/tmp") / f"{USER}-home"
-    home.mkdir(mode=0o755, exist_ok=True)
-    created = subprocess.run(
-        ["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/sh", USER],
-        capture_output=True,
-        check=False,
-    )
-    assert created.returncode in (0, 9), created.stderr  # 9: exists already
-    entry = pwd.getpwnam(USER)
-    os.chown(home, entry.pw_uid, entry.pw_gid)
-    yield entry
+def tart_user() -> pwd.struct_passwd:
+    return ensure_user(USER)  # type: ignore[no-any-return]
 
 
 @pytest.fixture
-def fake_tart_bin(tmp_path: Path) -> Path:
-    public = Path("/tmp") / f"{USER}-bin-{os.getpid()}"
-    public.mkdir(mode=0o755, exist_ok=True)
-    script = public / "tart"
+def public_dir() -> Iterator[Path]:
+    """A directory every user may search (pytest's own tmp_path is root's alone)."""
+    base = Path(tempfile.mkdtemp(prefix="tart-user-test-"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def fake_tart_bin(public_dir: Path) -> Path:
+    script = public_dir / "tart"
     script.write_text(REPORT)
     script.chmod(0o755)
     return script
@@ -123,16 +124,16 @@ async def test_fingerprint_is_unhealthy_for_an_unknown_user(fake_tart_bin: Path)
     assert fp.health == "unhealthy" and "no-such-user" in fp.description
 
 
-def test_shares_must_be_readable_by_the_tart_user(
-    tart_user: pwd.struct_passwd, tmp_path: Path
+def test_a_directory_mount_the_user_cannot_read_is_refused_and_left_alone(
+    tart_user: pwd.struct_passwd, public_dir: Path
 ) -> None:
     user = resolve_user(USER)
     assert user is not None
-    public = Path("/tmp") / f"{USER}-share-{os.getpid()}"
-    public.mkdir(mode=0o755, exist_ok=True)
-    private = public / "private"
-    private.mkdir(mode=0o700, exist_ok=True)
-    assert readable_by(str(public), user)
+    secrets = public_dir / "secrets"
+    secrets.mkdir(mode=0o777)
+    private = public_dir / "private"
+    private.mkdir(mode=0o700)
+    assert readable_by(str(public_dir), user)
     assert not readable_by(str(private), user)
     config = TaskConfig(
         url="ghcr.io/x/y",
@@ -141,7 +142,54 @@ def test_shares_must_be_readable_by_the_tart_user(
         directory=(Directory(path=str(private), name="p"),),
     )
     with pytest.raises(ConfigError) as caught:
-        check_shares_readable(config, str(public), user)
+        share_with_tart_user(config, str(secrets), user)
     assert caught.value.field == "directory[0].path" and USER in str(caught.value)
-    check_shares_readable(msgspec.structs.replace(config, directory=()), str(public), user)
-    check_shares_readable(config, str(private), None)  # no tart_user: nothing to check
+    assert private.stat().st_uid == 0 and stat.S_IMODE(private.stat().st_mode) == 0o700
+    share_with_tart_user(msgspec.structs.replace(config, directory=()), str(secrets), user)
+    share_with_tart_user(config, str(secrets), None)  # no tart_user: nothing to check
+
+
+def test_secrets_the_user_cannot_read_are_handed_to_it(
+    tart_user: pwd.struct_passwd, public_dir: Path
+) -> None:
+    user = resolve_user(USER)
+    assert user is not None
+    secrets = public_dir / "secrets"
+    secrets.mkdir(mode=0o700)
+    (secrets / "token").write_text("s3cret")
+    (secrets / "token").chmod(0o600)  # a template with perms = "600"
+    (secrets / "public.env").write_text("A=1")
+    (secrets / "public.env").chmod(0o644)
+    (secrets / "nested").mkdir(mode=0o700)
+    (secrets / "nested" / "key").write_text("k")
+    (secrets / "nested" / "key").chmod(0o400)
+    config = TaskConfig(url="ghcr.io/x/y", ssh_user="a", ssh_password="p")
+    share_with_tart_user(config, str(secrets), user)
+    for path in (secrets, secrets / "token", secrets / "nested", secrets / "nested" / "key"):
+        info = path.stat()
+        assert info.st_uid == tart_user.pw_uid, path
+        assert info.st_mode & 0o077 == 0, f"{path}: group/other access must not be widened"
+    assert (secrets / "public.env").stat().st_uid == 0  # readable already: untouched
+    seen = subprocess.run(
+        ["cat", str(secrets / "token"), str(secrets / "nested" / "key")],
+        user=tart_user.pw_uid,
+        capture_output=True,
+        check=True,
+    )
+    assert seen.stdout == b"s3cretk"
+
+
+def test_secrets_behind_a_directory_the_user_cannot_search_are_refused(
+    tart_user: pwd.struct_passwd, public_dir: Path
+) -> None:
+    user = resolve_user(USER)
+    assert user is not None
+    data_dir = public_dir / "data"
+    secrets = data_dir / "alloc" / "secrets"
+    secrets.mkdir(parents=True)
+    data_dir.chmod(0o700)
+    config = TaskConfig(url="ghcr.io/x/y", ssh_user="a", ssh_password="p")
+    with pytest.raises(ConfigError) as caught:
+        share_with_tart_user(config, str(secrets), user)
+    assert str(data_dir) in str(caught.value) and USER in str(caught.value)
+    assert secrets.stat().st_uid == 0  # nothing was changed

@@ -1,0 +1,152 @@
+"""A root plugin with ``tart_user``: a whole task life with tart run by that user.
+
+The fake Tart host here belongs to another account (its TART_HOME is that user's) and
+boots guests through the fake virtualization service, so inside the VM the shares are
+exactly as readable as they are to the tart user.
+"""
+
+from __future__ import annotations
+
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conformance.conftest import _live_processes, launch_args, plugin_log
+from tests.conformance.nomadsim import NomadSim, NomadSimError
+from tests.conformance.test_lifecycle import wait_for_text
+from tests.faketart.fixtures import (
+    MACOS_IMAGE,
+    FakeTart,
+    ensure_user,
+    fake_tart_for_user,
+    needs_guest_reason,
+)
+
+pytestmark = pytest.mark.skipif(needs_guest_reason() is not None, reason=needs_guest_reason() or "")
+
+USER = "nomad-tart-test"
+SHARES = "/Volumes/My Shared Files"
+
+
+@pytest.fixture
+def user_host() -> Iterator[tuple[FakeTart, Any]]:
+    user = ensure_user(USER)
+    with fake_tart_for_user(user) as host:
+        yield host, user
+
+
+def _job(project: Path) -> str:
+    return (
+        'job "ci" {\n  group "g" {\n    task "vm" {\n      driver = "tart"\n'
+        f'      config {{\n        url = "{MACOS_IMAGE}"\n        ssh_user = "admin"\n'
+        '        ssh_password = "admin"\n'
+        f'        directory {{\n          path = "{project}"\n          name = "project"\n'
+        "          options {\n            readonly = true\n          }\n        }\n"
+        "      }\n    }\n  }\n}\n"
+    )
+
+
+async def _launch(sim: NomadSim, host: FakeTart, log: Path) -> None:
+    await sim.call("launch", **launch_args(log, **host.env()))
+    plugin = (
+        'plugin "nomad-driver-tart" {\n  config {\n'
+        f'    tart_user = "{USER}"\n    tart_home = "{host.home}"\n'
+        '    boot_timeout = "30s"\n  }\n}\n'
+    )
+    await sim.call("set_config", hcl=plugin, with_nomad_config=True)
+
+
+async def _start(sim: NomadSim, job: str, alloc_dir: Path) -> dict[str, Any]:
+    task = {
+        "alloc_id": alloc_dir.name,
+        "alloc_dir": str(alloc_dir),
+        "env": {"SSH_PASSWORD": "admin"},
+        "resources": {"cpu_shares": 4000, "memory_mb": 4096, "cpuset_cpus": "0,1,2,3"},
+    }
+    return await sim.call("start_task", task=task, create_alloc_dir=True, job_hcl=job)
+
+
+def _alloc_dir(host: FakeTart) -> Path:
+    """An allocation directory as Nomad leaves it before StartTask, secrets rendered."""
+    alloc_dir = host.scratch / str(uuid.uuid4())
+    secrets = alloc_dir / "vm" / "secrets"
+    secrets.mkdir(parents=True)
+    (secrets / "token").write_text("s3cret\n")
+    (secrets / "token").chmod(0o600)  # a template with perms = "600", owned by root
+    return alloc_dir
+
+
+async def test_a_task_lives_and_dies_with_tart_run_by_the_tart_user(
+    sim: NomadSim, user_host: tuple[FakeTart, Any], tmp_path: Path
+) -> None:
+    host, user = user_host
+    project = host.scratch / "project"
+    project.mkdir(mode=0o755)
+    (project / "README").write_text("hello from the host\n")
+    alloc_dir = _alloc_dir(host)
+    await _launch(sim, host, tmp_path / "plugin.log")
+
+    started = await _start(sim, _job(project), alloc_dir)
+    task_id = started["task_id"]
+    vm = f"nomad-{alloc_dir.name}"
+    assert (host.home / "vms" / vm).stat().st_uid == user.pw_uid
+    ip = (await sim.call("inspect_task", task_id=task_id))["driver"]["attributes"]["ip"]
+    seen = host.ssh(ip, f"id -u; cat '{SHARES}/secrets/token' '{SHARES}/project/README'")
+    assert seen.stdout == f"{user.pw_uid}\ns3cret\nhello from the host\n", seen.stderr
+    token = alloc_dir / "vm" / "secrets" / "token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600, "nobody else gains access"
+    await wait_for_text(Path(started["stdout_log"]), r"localhost \S+\[\d+\]")
+
+    # The plugin restarts; the VM, run by the tart user, is reattached and not run again.
+    await sim.call("sigkill")
+    await _launch(sim, host, tmp_path / "plugin.log")
+    await sim.call("recover_task", handle=started["handle"], drop_driver_config=True)
+    assert host.ssh(ip, "true").returncode == 0
+
+    await sim.call("stop_task", task_id=task_id, timeout_seconds=5, signal="SIGINT")
+    waited = await sim.call("wait_task", task_id=task_id)
+    assert waited["result"]["exit_code"] == 0 and not waited["err"]
+    await sim.call("destroy_task", task_id=task_id)
+
+    calls = host.calls()
+    assert {c["argv"][0] for c in calls} >= {"clone", "set", "run", "list", "delete"}
+    assert [c["argv"] for c in calls if c["argv"][0] == "run"] == [
+        [
+            "run",
+            vm,
+            "--no-graphics",
+            f"--dir=secrets:{alloc_dir / 'vm' / 'secrets'}:ro",
+            f"--dir=project:{project}:ro",
+        ]
+    ]
+    for call in calls:
+        assert call["uid"] == user.pw_uid, call["argv"]
+        assert call["env"]["HOME"] == user.pw_dir and call["env"]["USER"] == USER
+        assert call["env"]["TART_HOME"] == str(host.home)
+    assert list((host.home / "vms").iterdir()) == []
+    assert not [p for p in _live_processes("tart_trio._supervisor") if _mine(p, host)]
+
+
+async def test_a_directory_the_tart_user_cannot_read_is_refused_before_cloning(
+    sim: NomadSim, user_host: tuple[FakeTart, Any], tmp_path: Path
+) -> None:
+    host, _user = user_host
+    closed = host.scratch / "closed"
+    closed.mkdir(mode=0o700)
+    await _launch(sim, host, tmp_path / "plugin.log")
+    with pytest.raises(NomadSimError) as refused:
+        await _start(sim, _job(closed), _alloc_dir(host))
+    assert "directory[0].path" in str(refused.value) and USER in str(refused.value)
+    assert host.calls_of("clone") == []
+    assert all("s3cret" not in str(line) for line in plugin_log(tmp_path / "plugin.log"))
+
+
+def _mine(pid: int, host: FakeTart) -> bool:
+    try:
+        return str(host.home).encode() in Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
