@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
@@ -74,21 +75,35 @@ def _command_output(*argv: str) -> str:
         return ""
 
 
+@functools.cache
+def _probe(*argv: str) -> str:
+    """A fact about the host that cannot change while it runs (its OS release, its chip)."""
+    return _command_output(*argv)
+
+
+def macos_version() -> str:
+    """``sw_vers -productVersion`` (e.g. ``15.3.1``); "" where there is no sw_vers.
+
+    Asked of sw_vers rather than read by Python, which reports 10.16 on macOS 11+ when
+    the interpreter was built against an older SDK.
+    """
+    sw_vers = shutil.which("sw_vers") or shutil.which("sw_vers", path="/usr/bin")
+    return _probe(sw_vers, "-productVersion") if sw_vers else ""
+
+
+def _major(version: str) -> int:
+    head = version.split(".", maxsplit=1)[0]
+    return int(head) if head.isdigit() else 0
+
+
 def host_attributes() -> dict[str, AttributeValue]:
     """The host's macOS version and chip ("" elsewhere, which deletes the attribute)."""
     darwin = platform.system() == "Darwin"
     return {
         f"{PREFIX}.host_virtualization": host_supports_virtualization(),
-        f"{PREFIX}.macos_version": platform.mac_ver()[0] if darwin else "",
-        f"{PREFIX}.chip": _command_output("sysctl", "-n", "machdep.cpu.brand_string")
-        if darwin
-        else "",
+        f"{PREFIX}.macos_version": macos_version(),
+        f"{PREFIX}.chip": _probe("sysctl", "-n", "machdep.cpu.brand_string") if darwin else "",
     }
-
-
-def _macos_major() -> int:
-    version = platform.mac_ver()[0]
-    return int(version.split(".")[0]) if version else 0
 
 
 def softnet_missing(config: PluginConfig, tart: Tart) -> bool:
@@ -126,7 +141,7 @@ async def fingerprint(config: PluginConfig) -> Fingerprint:
     attributes[f"{PREFIX}.macos_vm_slots"] = config.max_macos_vms
     attributes[f"{PREFIX}.macos_vm_slots_free"] = max(config.max_macos_vms - len(running), 0)
     as_root = os.geteuid() == 0 and user is None
-    if as_root and platform.system() == "Darwin" and _macos_major() >= 15:
+    if as_root and _major(str(attributes[f"{PREFIX}.macos_version"])) >= 15:
         return Fingerprint(attributes=attributes, health="unhealthy", description=ROOT_ON_MACOS_15)
     if softnet_missing(config, tart):
         return Fingerprint(attributes=attributes, health="unhealthy", description=SOFTNET_MISSING)

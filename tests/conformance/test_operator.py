@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 import trio
 
+from tart_trio._fingerprint import ROOT_ON_MACOS_15
 from tests.conformance.conftest import launch_args
 from tests.conformance.nomadsim import NomadSim, NomadSimError
 from tests.conformance.test_lifecycle import _variant, start
@@ -173,6 +175,32 @@ async def test_softnet_missing_is_unhealthy_unless_not_allowed(
         hcl=plugin_hcl(tart_path=tart, allowed_network_modes='["shared", "bridged"]'),
     )
     assert (await fingerprint(sim))["health"] == "HEALTHY"
+
+
+def macos_release(directory: Path, version: str) -> Path:
+    """A ``sw_vers`` for a host that runs ``version`` of macOS; returns its directory."""
+    directory.mkdir(exist_ok=True)
+    script = directory / "sw_vers"
+    script.write_text(f'#!/bin/sh\n[ "$1" = "-productVersion" ] && echo {version}\n')
+    script.chmod(0o755)
+    return directory
+
+
+async def test_root_without_a_tart_user_is_unhealthy_on_macos_15(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    assert os.geteuid() == 0, "the conformance tests run as root"
+    macos = macos_release(tmp_path / "macos", "15.3.1")
+    path = f"{macos}:{fake_tart.env()['PATH']}"
+    await launch(sim, fake_tart, tmp_path, plugin_hcl(), PATH=path)
+    fp = await fingerprint(sim)
+    assert fp["health"] == "UNHEALTHY" and fp["health_description"] == ROOT_ON_MACOS_15
+    assert attr(fp, "macos_version") == "15.3.1"
+    macos_release(macos, "14.7.2")
+    await sim.call("sigkill")
+    await launch(sim, fake_tart, tmp_path, plugin_hcl(), PATH=path)
+    fp = await fingerprint(sim)
+    assert fp["health"] == "HEALTHY" and attr(fp, "macos_version") == "14.7.2"
 
 
 async def test_tart_list_failing_is_unhealthy(

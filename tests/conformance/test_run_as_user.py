@@ -18,6 +18,7 @@ import pytest
 from tests.conformance.conftest import _live_processes, launch_args, plugin_log
 from tests.conformance.nomadsim import NomadSim, NomadSimError
 from tests.conformance.test_lifecycle import wait_for_text
+from tests.conformance.test_operator import attr, fingerprint, macos_release
 from tests.faketart.fixtures import (
     MACOS_IMAGE,
     FakeTart,
@@ -51,7 +52,8 @@ def _job(project: Path) -> str:
 
 
 async def _launch(sim: NomadSim, host: FakeTart, log: Path) -> None:
-    await sim.call("launch", **launch_args(log, **host.env()))
+    macos = macos_release(host.scratch / "macos", "15.3.1")  # root plus a tart_user: fine
+    await sim.call("launch", **launch_args(log, **host.env(PATH=f"{macos}:{host.env()['PATH']}")))
     plugin = (
         'plugin "nomad-driver-tart" {\n  config {\n'
         f'    tart_user = "{USER}"\n    tart_home = "{host.home}"\n'
@@ -90,6 +92,8 @@ async def test_a_task_lives_and_dies_with_tart_run_by_the_tart_user(
     alloc_dir = _alloc_dir(host)
     await _launch(sim, host, tmp_path / "plugin.log")
 
+    fp = await fingerprint(sim)
+    assert fp["health"] == "HEALTHY" and attr(fp, "macos_version") == "15.3.1"
     started = await _start(sim, _job(project), alloc_dir)
     task_id = started["task_id"]
     vm = f"nomad-{alloc_dir.name}"
