@@ -1,8 +1,9 @@
 """Exec into a task's VM: script checks (ExecTask) and ``nomad alloc exec`` (streaming).
 
-Every command runs over SSH as the task's ``ssh_user``, in its own SSH session, with each
-argument quoted so that it reaches the guest intact. Leaving a session early (timeout,
-cancelled stream, error) kills every process of that session in the guest.
+Every command runs over SSH as the task's ``ssh_user``, in its own SSH session on the
+task's shared connection, with each argument quoted so that it reaches the guest intact.
+Leaving a session early (timeout, cancelled stream, error) kills every process of that
+session in the guest.
 """
 
 from __future__ import annotations
@@ -68,15 +69,15 @@ async def _address(runner: TaskRunner, within: float) -> _guest.GuestAddress:
 
 
 @asynccontextmanager
-async def _connected(runner: TaskRunner, within: float) -> AsyncIterator[_guest.Guest]:
+async def _session(
+    runner: TaskRunner, within: float, argv: Sequence[str], pty: _guest.PtySize | None = None
+) -> AsyncIterator[_guest.RemoteProcess]:
+    """``argv`` in its own session on the task's shared SSH connection."""
     began = trio.current_time()
     address = await _address(runner, within)
     remaining = max(within - (trio.current_time() - began), 1.0)
-    guest = await _guest.reach_guest(address, remaining)
-    try:
-        yield guest
-    finally:
-        await guest.aclose()
+    async with runner.exec_link.process(address, remaining, argv, pty=pty) as process:
+        yield process
 
 
 class _Capture:
@@ -113,10 +114,7 @@ async def run_command(runner: TaskRunner, argv: Sequence[str], time_limit: float
     started = False
     ended: _guest.RemoteExit | None = None
     with trio.move_on_after(limit):
-        async with (
-            _connected(runner, min(REACH_SECONDS, limit)) as guest,
-            _guest.start_process(guest, argv) as process,
-        ):
+        async with _session(runner, min(REACH_SECONDS, limit), argv) as process:
             started = True
             await process.close_stdin()
             with single_errors():
@@ -178,10 +176,7 @@ async def run_session(
     if not argv:
         raise TartTrioError("exec needs a command")
     pty = _guest.PtySize() if tty else None
-    async with (
-        _connected(runner, REACH_SECONDS) as guest,
-        _guest.start_process(guest, argv, pty=pty) as process,
-    ):
+    async with _session(runner, REACH_SECONDS, argv, pty) as process:
         with single_errors():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_forward_input, process, receive, tty)

@@ -139,6 +139,11 @@ class Guest:
         self.address = address
         self.host_key = _export_key(conn)
 
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is gone (closed by us, the guest or the network)."""
+        return bool(self._conn.is_closed())
+
     async def run(
         self, argv: Sequence[str], *, stdin: bytes | None = None, max_output: int = 1 << 20
     ) -> ExecResult:
@@ -404,6 +409,13 @@ class RemoteProcess:
         with trio.CancelScope(shield=True), trio.move_on_after(KILL_SECONDS):
             await run_aio(self._kill_aio)
 
+    async def close(self) -> None:
+        """Kill the command if it still runs, then close its channel."""
+        if not self.finished:
+            await self.kill()
+        with trio.CancelScope(shield=True):
+            await run_aio(_close_aio, self._process)
+
     async def _kill_aio(self) -> None:
         sid = self.session_id
         if sid is not None:
@@ -450,14 +462,13 @@ async def _start_aio(
     return process, sid, bytes(buf)
 
 
-@asynccontextmanager
-async def start_process(
+async def open_process(
     guest: Guest, argv: Sequence[str], *, pty: PtySize | None = None
-) -> AsyncIterator[RemoteProcess]:
+) -> RemoteProcess:
     """Run ``argv`` (each word quoted) in a new SSH session, with a PTY when ``pty`` is set.
 
-    Leaving the block before the command finished (cancellation, timeout, error) kills
-    every process of its session in the guest and closes the channel.
+    The caller closes it (:meth:`RemoteProcess.close`), which kills every process of the
+    session in the guest if the command has not finished.
     """
     if not argv:
         raise GuestError("no command given")
@@ -465,14 +476,19 @@ async def start_process(
         process, sid, early = await run_aio(_start_aio, guest._conn, list(argv), pty)
     except (OSError, asyncssh.Error) as exc:
         raise GuestError(f"cannot start a command on {guest.address.host}: {exc}") from exc
-    remote = RemoteProcess(guest, process, sid, early)
+    return RemoteProcess(guest, process, sid, early)
+
+
+@asynccontextmanager
+async def start_process(
+    guest: Guest, argv: Sequence[str], *, pty: PtySize | None = None
+) -> AsyncIterator[RemoteProcess]:
+    """:func:`open_process` for a block: leaving it early kills the command in the guest."""
+    remote = await open_process(guest, argv, pty=pty)
     try:
         yield remote
     finally:
-        if not remote.finished:
-            await remote.kill()
-        with trio.CancelScope(shield=True):
-            await run_aio(_close_aio, process)
+        await remote.close()
 
 
 async def _close_aio(process: Any) -> None:
@@ -501,3 +517,102 @@ async def reach_guest(address: GuestAddress, within: float) -> Guest:
             await trio.sleep(delay)
             delay = min(delay * 2, 2.0)
     raise GuestError(f"the VM was not reachable over SSH within {within:.0f}s: {last}")
+
+
+# ---- one connection per task for exec ----------------------------------------------------
+
+#: Sessions that share a task's exec connection at once. OpenSSH's sshd allows 10 sessions
+#: per connection (MaxSessions), and macOS keeps that default; more at once get a
+#: connection of their own.
+SHARED_SESSIONS: Final = 8
+
+
+class SharedGuest:
+    """A task's SSH connection for exec sessions: opened on first use, reopened when lost.
+
+    Script checks run every few seconds; sharing one login spares the guest's sshd a key
+    exchange and a login each time. A connection that turns out to be dead (the guest
+    rebooted) is replaced once, before anything ran. The task closes it when its VM ends.
+    """
+
+    def __init__(self) -> None:
+        self._guest: Guest | None = None
+        self._lock = trio.Lock()
+        self._busy = 0
+        self._closed = False
+
+    @asynccontextmanager
+    async def process(
+        self,
+        address: GuestAddress,
+        within: float,
+        argv: Sequence[str],
+        *,
+        pty: PtySize | None = None,
+    ) -> AsyncIterator[RemoteProcess]:
+        """A command in its own session; ``within``: how long to retry reaching the guest."""
+        if self._busy >= SHARED_SESSIONS:
+            guest = await reach_guest(address, within)
+            try:
+                async with start_process(guest, argv, pty=pty) as remote:
+                    yield remote
+            finally:
+                await guest.aclose()
+            return
+        self._busy += 1
+        try:
+            remote = await self._open(address, within, argv, pty)
+            try:
+                yield remote
+            finally:
+                await remote.close()
+        finally:
+            self._busy -= 1
+
+    async def _open(
+        self, address: GuestAddress, within: float, argv: Sequence[str], pty: PtySize | None
+    ) -> RemoteProcess:
+        while True:
+            guest, reused = await self._connection(address, within)
+            if not reused:
+                return await open_process(guest, argv, pty=pty)
+            try:
+                with trio.fail_after(CONNECT_SECONDS):
+                    return await open_process(guest, argv, pty=pty)
+            except (GuestError, trio.TooSlowError):
+                await self._discard(guest)  # stale (the guest rebooted): once more, fresh
+
+    async def _connection(self, address: GuestAddress, within: float) -> tuple[Guest, bool]:
+        async with self._lock:
+            self._refuse_if_closed()
+            current = self._guest
+            if current is not None and not current.closed and current.address == address:
+                return current, True
+            self._guest = None
+            if current is not None:
+                await current.aclose()
+            guest = await reach_guest(address, within)
+            try:
+                self._refuse_if_closed()  # the VM may have ended while we were connecting
+            except GuestError:
+                await guest.aclose()
+                raise
+            self._guest = guest
+            return guest, False
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise GuestError("the VM has ended; its SSH connection is closed")
+
+    async def _discard(self, guest: Guest) -> None:
+        async with self._lock:
+            if self._guest is guest:
+                self._guest = None
+        await guest.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection; later sessions are refused."""
+        self._closed = True
+        guest, self._guest = self._guest, None
+        if guest is not None:
+            await guest.aclose()

@@ -96,6 +96,8 @@ class TaskRunner:
         self._stop_requested = False
         self._cloned = False
         self.supervisor: tuple[int, str | None] | None = None
+        #: The SSH connection exec sessions share; closed when the VM ends.
+        self.exec_link = _guest.SharedGuest()
 
     # ---- start -----------------------------------------------------------------------
 
@@ -125,6 +127,9 @@ class TaskRunner:
         except Exception as exc:
             log.error("watching the VM failed", exc_info=exc, extra={"vm": self.vm_name})
             self.finish(ExitResult(exit_code=1, err=f"the driver lost track of the VM: {exc}"))
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.exec_link.aclose()
 
     async def _start(self) -> DriverState:
         tart = self.ctx.tart
