@@ -380,51 +380,26 @@ class Report:
                 "",
             )
         if not ok_t or not ok_c:
-            rest = cpu["median"] - (a_def["cpu_per_10k_lines"] if a_def else 0) - (pump_cpu or 0)
-            gcm_cut = (
-                1 - a_gcm["cpu_per_10k_lines"] / a_def["cpu_per_10k_lines"]
-                if a_gcm and a_def
-                else None
-            )
+            same = a_gcm or a_def
+            rest = cpu["median"] - (same["cpu_per_10k_lines"] if same else 0) - (pump_cpu or 0)
             self.misses.append(
                 "**Log throughput.** The plugin is CPU-bound on one thread: "
                 f"{fmt_seconds(cpu['median'])} of CPU per 10k lines at "
-                f"{_rate(plugin['median'])}. SSH itself is not the problem: asyncssh alone on "
-                "a plain asyncio loop moves the same bytes for "
-                + (f"{fmt_seconds(a_def['cpu_per_10k_lines'])} " if a_def else "a fraction ")
-                + "per 10k lines"
-                + (
-                    f", at {a_def['lines_per_s'] / ssh['median']:.2f}× OpenSSH's rate"
-                    if a_def
-                    else ""
-                )
-                + ". The plugin's line pump costs "
-                + (f"{fmt_seconds(pump_cpu)}" if pump_cpu is not None else "part of it")
-                + (
-                    f", most of it rewriting the log cursor file (temp file + rename) after "
-                    f"every chunk ({fmt_seconds(save)})"
-                    if save is not None
-                    else ""
-                )
-                + f"; the remaining {fmt_seconds(max(rest, 0))} is the extra cost of running "
-                "asyncssh on trio-asyncio's loop (every asyncio callback is scheduled through "
-                "trio) and the FIFO writes. This is still hundreds of times what a chatty "
-                "macOS guest logs, so in practice it is headroom, not a limit, but it is also "
-                "why control-plane latency suffers under log load (benchmark 5). Fixes, "
-                "largest first: save the cursor at most every ~0.25 s and when the stream "
-                "ends (or `pwrite` a fixed-size record into a file kept open) instead of "
-                "after every chunk; prefer `aes128-gcm@openssh.com` in `_guest._options` "
-                "(`encryption_algs`)"
-                + (
-                    f", which cuts asyncssh's own cost by {gcm_cut:.0%} "
-                    f"({fmt_seconds(a_gcm['cpu_per_10k_lines'])} per 10k lines here)"
-                    if gcm_cut is not None and a_gcm
-                    else ""
-                )
-                + "; beyond that, read SSH on a native asyncio loop (a thread or a helper "
-                "process) instead of through trio-asyncio. The 80 % target is out of reach "
-                "for a Python pump on a trio-asyncio loop; the CPU-per-line target is the one "
-                "that matters."
+                f"{_rate(plugin['median'])}. asyncssh alone on a plain asyncio loop, with the "
+                "cipher the plugin prefers (`_guest.CIPHERS`: "
+                f"`{same['cipher'] if same else 'aes128-gcm@openssh.com'}`), needs "
+                + (f"{fmt_seconds(same['cpu_per_10k_lines'])}" if same else "a fraction of it")
+                + " per 10k lines; the plugin's line pump (a fixed-size cursor record "
+                "`pwrite` into a file kept open, once per chunk) "
+                + (f"{fmt_seconds(pump_cpu)}" if pump_cpu is not None else "a little")
+                + f"; the remaining {fmt_seconds(max(rest, 0))} is running asyncssh on "
+                "trio-asyncio's loop (every asyncio callback is scheduled through trio) and "
+                "the FIFO writes. A larger SSH window and packet size, bigger reads and "
+                "yielding to the loop between chunks did not move the rate beyond the run-to-"
+                "run spread on this machine. What would close the gap is reading SSH on a "
+                "native asyncio loop, which the one-bridge design rules out. The rate is "
+                "hundreds of times what a chatty macOS guest logs: headroom, not a limit; the "
+                "CPU-per-line target is the one that matters."
             )
         if ok_l is False:
             self.misses.append(
@@ -588,13 +563,10 @@ class Report:
             self.misses.append(
                 f"**Idle CPU at {TARGET_TASKS} tasks.** With nothing asking, the plugin's "
                 "only periodic work per task is the SSH connection of the task's log stream "
-                "(asyncssh `keepalive_interval=15` in `_guest._options`: a keepalive request "
-                "and reply every 15 s through asyncssh and trio-asyncio): "
-                f"{cpu_fit[1]:.4f} % of a core per task here, i.e. "
-                f"{cpu_fit[1] / 100 * 15 * 1000:.1f} ms of CPU per task per 15 s; the "
-                "fingerprint every 30 s is in the intercept. Fix: a 60 s keepalive (a dead "
-                "guest also ends the stream through TCP and the VM supervisor's exit, so "
-                "15 s buys little) cuts the per-task part by 4×."
+                "(asyncssh `keepalive_interval` = `_guest.KEEPALIVE_SECONDS`, 60 s): "
+                f"{cpu_fit[1]:.4f} % of a core per task here; the fingerprint every 30 s is "
+                "in the intercept. What remains is trio-asyncio's own wakeups for each "
+                "connection."
             )
         if not ok_stats:
             per = stats_fit[1] - cpu_fit[1]
@@ -683,17 +655,16 @@ class Report:
         if not (p50_ok and p99_ok):
             self.misses.append(
                 "**Latency under load.** The plugin is one Python thread, and ten streams at "
-                "full speed keep it busy pumping logs (benchmark 3: most of a core "
-                "for one stream); grpclib serves InspectTask on the same asyncio loop (inside "
-                "trio via trio-asyncio), so a call waits for the pumps' callbacks ahead of it "
-                "and for CPU, which the guests' sshd and cat and the FIFO readers also want "
-                "on 2 cores. ExecTask suffers most because it opens a new SSH connection "
-                "(key exchange and login) per call. It is an artificial worst case: ten VMs "
-                "each logging hundreds of thousands of lines per second. Fixes: cut the CPU "
-                "per log line (benchmark 3's fixes), yield between chunks in the pump "
-                "(`await trio.sleep(0)`) so RPCs interleave, rate-limit each task's stream "
-                "(beyond a few thousand lines per second it is noise), and reuse one SSH "
-                "connection per task for exec instead of a new login per call."
+                "full speed keep it busy pumping logs (benchmark 3: most of a core for one "
+                "stream); grpclib serves InspectTask on the same asyncio loop (inside trio via "
+                "trio-asyncio), so a call waits for CPU, which the guests' sshd and cat and the "
+                "FIFO readers also want on 2 cores. Yielding to the loop between log chunks "
+                "did not change the p50. ExecTask runs on the task's shared SSH connection "
+                "(no new login), so under load its time is the guest's sshd and the command "
+                "waiting for those same cores. It is an artificial worst case: ten VMs each "
+                "logging hundreds of thousands of lines per second. What would help: less CPU "
+                "per log line (benchmark 3), or a cap on each task's log rate (beyond a few "
+                "thousand lines per second it is noise)."
             )
 
     def tasks(self, r: dict[str, Any]) -> None:
@@ -869,19 +840,17 @@ class Report:
                 f"{fmt_seconds(r.get('single_plugin_cpu', float('nan')))} of its own CPU "
                 f"({fmt_seconds(r.get('batch_plugin_cpu', float('nan')))} per start in the "
                 "batch), so the plugin's thread is not the bottleneck: the starts queue at "
-                "the driver's two locks. The provisioning lock (each `tart clone` and "
-                "`tart set`, there because of Tart's own races) held "
-                f"{fmt_seconds(sum(prov_b))} summed over the batch; the launch lock (from "
-                "the macOS slot check, `tart get`, until the VM supervisor has started "
-                f"`tart run`) {fmt_seconds(_med(launch_s))} per task alone, "
-                f"{fmt_seconds(_med(launch_b))} per task in the batch, "
-                f"{fmt_seconds(sum(launch_b))} summed — for every VM, Linux ones too. A task "
-                "waiting for either lock counts as overhead here (the time is inside another "
-                "task's tart command), and on 2 cores every fake VM's Python processes "
-                "slow those commands down. Fix: read the VM's OS before taking the launch "
-                "lock and take it only for darwin VMs (Apple's two-VM limit, which it guards, "
-                "does not apply to Linux guests); the provisioning lock is the price of "
-                "Tart's races and stays."
+                "the driver's provisioning lock (each `tart clone` and `tart set`, there "
+                "because of Tart's own races), held "
+                f"{fmt_seconds(sum(prov_b))} summed over the batch. The launch section (`tart "
+                "get` until the VM supervisor has started `tart run`; under the launch lock "
+                f"only for macOS guests) took {fmt_seconds(_med(launch_s))} per task alone "
+                f"and {fmt_seconds(_med(launch_b))} in the batch, the difference being 2 "
+                "cores shared by every fake VM's processes. A task waiting for the lock counts "
+                "as overhead here (the time is inside another task's tart command). Tart "
+                "itself serialises clones with a lock on `TART_HOME`, so on a Mac the queue is "
+                "there with or without the driver's lock; 20 VMs starting at once on one host "
+                "are also beyond what a Mac runs."
             )
 
     # ---- whole document ---------------------------------------------------------------------
