@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import trio
 
+from tests.conformance.conftest import until
 from tests.conformance.nomadsim import NomadSim, NomadSimError, SimStream, StreamEnded
 from tests.conformance.test_lifecycle import launch, start
 from tests.faketart.fixtures import LINUX_IMAGE, FakeTart, needs_guest_reason
@@ -228,7 +229,8 @@ async def test_script_checks_share_one_login_and_survive_a_guest_reboot(
     started = await start(sim, JOB, cores=2, memory_mb=2048)
     task_id = started["task_id"]
     ip = (await sim.call("inspect_task", task_id=task_id))["driver"]["attributes"]["ip"]
-    console = fake_tart.vm_dir(f"nomad-{started['task_config']['alloc_id']}") / ".faketart"
+    vm = f"nomad-{started['task_config']['alloc_id']}"
+    console = fake_tart.vm_dir(vm) / ".faketart"
 
     def logins() -> int:
         return (console / "console.log").read_text(errors="replace").count("Accepted password")
@@ -240,7 +242,9 @@ async def test_script_checks_share_one_login_and_survive_a_guest_reboot(
     assert logins() == before, "the checks reuse one SSH login"
 
     # A reboot drops every connection; the next check logs in again and runs.
-    await guest_sh(fake_tart, ip, "sudo reboot")
+    booted = fake_tart.runtime(vm)["booted_at"]
+    await trio.to_thread.run_sync(fake_tart.ssh, ip, "sudo reboot")  # the session drops
+    await until(lambda: fake_tart.runtime(vm).get("booted_at") not in (None, booted))
     ran = await exec_task(sim, task_id, ["echo", "after reboot"], 30)
     assert (ran["stdout"], ran["exit_code"]) == (b"after reboot\n", 0)
     await sim.call("stop_task", task_id=task_id, timeout_seconds=5)
