@@ -133,6 +133,30 @@ class _SharedScans:
         self._holders_at = float("-inf")
         self._disks: dict[str, float] = {}  # disk image -> when a sampler last asked
 
+    def _usable(self, disk: str, newer_than: float, now: float) -> _Scan | None:
+        scan = self._last
+        if (
+            scan is None
+            or (bool(disk) and disk not in scan.holders)
+            or now - scan.taken > SHARED_SCAN_SECONDS
+            or scan.taken <= newer_than
+        ):
+            return None
+        return scan
+
+    def cached(self, disk: str, newer_than: float) -> _Scan | None:
+        """The shared scan if it will do, without scanning or waiting (None otherwise)."""
+        if not self._lock.acquire(blocking=False):  # a scan is in progress: it will do
+            return None
+        try:
+            now = time.monotonic()
+            scan = self._usable(disk, newer_than, now)
+            if scan is not None and disk:
+                self._disks[disk] = now
+            return scan
+        finally:
+            self._lock.release()
+
     def get(self, disk: str, newer_than: float) -> _Scan:
         """A scan at most SHARED_SCAN_SECONDS old, newer than ``newer_than``, covering ``disk``."""
         with self._lock:  # a concurrent caller waits for the scan in progress and reuses it
@@ -142,14 +166,10 @@ class _SharedScans:
             for path, asked in list(self._disks.items()):
                 if now - asked > _DISK_INTEREST_SECONDS:
                     del self._disks[path]
-            scan = self._last
-            new_disk = bool(disk) and (scan is None or disk not in scan.holders)
-            if (
-                scan is None
-                or new_disk
-                or now - scan.taken > SHARED_SCAN_SECONDS
-                or scan.taken <= newer_than
-            ):
+            scan = self._usable(disk, newer_than, now)
+            new_disk = bool(disk) and (self._last is None or disk not in self._last.holders)
+            if scan is None:
+                scan = self._last
                 linux = sys.platform.startswith("linux")
                 table = _linux_table() if linux else _ps_table()
                 if scan is None or new_disk or now - self._holders_at > HOLDERS_SECONDS:
@@ -172,11 +192,21 @@ def _disk_holders(disks: set[str], linux: bool) -> dict[str, set[int]]:
 _SCANS: Final = _SharedScans()
 
 
-def snapshot(
-    roots: list[int], disk: str, newer_than: float = float("-inf")
-) -> tuple[float, dict[int, tuple[float, int]]]:
+Snapshot = tuple[float, dict[int, tuple[float, int]]]
+
+
+def snapshot(roots: list[int], disk: str, newer_than: float = float("-inf")) -> Snapshot:
     """(scan time, {pid: (CPU seconds, RSS)}) of the roots, their descendants, the disk holders."""
-    scan = _SCANS.get(disk, newer_than)
+    return _select(_SCANS.get(disk, newer_than), roots, disk)
+
+
+def cached_snapshot(roots: list[int], disk: str, newer_than: float) -> Snapshot | None:
+    """:func:`snapshot` from the shared scan when it is fresh enough (cheap: no thread)."""
+    scan = _SCANS.cached(disk, newer_than)
+    return None if scan is None else _select(scan, roots, disk)
+
+
+def _select(scan: _Scan, roots: list[int], disk: str) -> Snapshot:
     table = scan.table
     wanted = {pid for pid in roots if pid in table}
     wanted |= scan.holders.get(disk, set()) & set(table)
@@ -201,7 +231,11 @@ class Sampler:
         """One sample; the first reports 0 % CPU (there is no interval yet)."""
         roots, disk = self._sources()
         newer_than = self._last[0] if self._last is not None else float("-inf")
-        now, procs = await trio.to_thread.run_sync(snapshot, roots, disk, newer_than)
+        # Most samples reuse the scan another task's sampler just took: no thread hop then.
+        taken = cached_snapshot(roots, disk, newer_than)
+        if taken is None:
+            taken = await trio.to_thread.run_sync(snapshot, roots, disk, newer_than)
+        now, procs = taken
         percent = 0.0
         by_pid: dict[str, tuple[float, int]] = {}
         if self._last is not None:
