@@ -21,7 +21,7 @@ from tart_trio._config import Directory, PluginConfig, TaskConfig
 from tart_trio._errors import ConfigError
 from tart_trio._fingerprint import HOME_MISSING, fingerprint
 from tart_trio._policy import readable_by, share_with_tart_user
-from tart_trio._tart.cli import Tart, resolve_user
+from tart_trio._tart.cli import RunAs, Tart, resolve_user
 from tests.faketart.fixtures import ensure_user
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running as another user needs root")
@@ -35,6 +35,14 @@ printf '{"uid": %s, "home": "%s", "user": "%s", "path": "%s"}\\n' "$(id -u)" "$H
 @pytest.fixture(scope="module")
 def tart_user() -> pwd.struct_passwd:
     return ensure_user(USER)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def run_as(tart_user: pwd.struct_passwd) -> RunAs:
+    """The plugin's view of the tart user (resolved as a root plugin resolves tart_user)."""
+    user = resolve_user(USER)
+    assert user is not None and user.uid == tart_user.pw_uid
+    return user
 
 
 @pytest.fixture
@@ -65,14 +73,12 @@ async def test_every_tart_command_runs_as_the_user(
 
 
 async def test_tart_run_under_the_supervisor_runs_as_the_user(
-    tart_user: pwd.struct_passwd, fake_tart_bin: Path, tmp_path: Path
+    tart_user: pwd.struct_passwd, run_as: RunAs, fake_tart_bin: Path, tmp_path: Path
 ) -> None:
-    user = resolve_user(USER)
-    assert user is not None
     runtime = tmp_path / "runtime"
     runtime.mkdir()
-    groups = ",".join(str(g) for g in user.groups)
-    tart = Tart(str(fake_tart_bin), user=user)
+    groups = ",".join(str(g) for g in run_as.groups)
+    tart = Tart(str(fake_tart_bin), user=run_as)
     result = await trio.run_process(
         [
             sys.executable,
@@ -85,9 +91,9 @@ async def test_tart_run_under_the_supervisor_runs_as_the_user(
             "--log-file",
             str(runtime / "log"),
             "--uid",
-            str(user.uid),
+            str(run_as.uid),
             "--gid",
-            str(user.gid),
+            str(run_as.gid),
             "--groups",
             groups,
             "--",
@@ -125,16 +131,14 @@ async def test_fingerprint_is_unhealthy_for_an_unknown_user(fake_tart_bin: Path)
 
 
 def test_a_directory_mount_the_user_cannot_read_is_refused_and_left_alone(
-    tart_user: pwd.struct_passwd, public_dir: Path
+    tart_user: pwd.struct_passwd, run_as: RunAs, public_dir: Path
 ) -> None:
-    user = resolve_user(USER)
-    assert user is not None
     secrets = public_dir / "secrets"
     secrets.mkdir(mode=0o777)
     private = public_dir / "private"
     private.mkdir(mode=0o700)
-    assert readable_by(str(public_dir), user)
-    assert not readable_by(str(private), user)
+    assert readable_by(str(public_dir), run_as)
+    assert not readable_by(str(private), run_as)
     config = TaskConfig(
         url="ghcr.io/x/y",
         ssh_user="a",
@@ -142,18 +146,16 @@ def test_a_directory_mount_the_user_cannot_read_is_refused_and_left_alone(
         directory=(Directory(path=str(private), name="p"),),
     )
     with pytest.raises(ConfigError) as caught:
-        share_with_tart_user(config, str(secrets), user)
+        share_with_tart_user(config, str(secrets), run_as)
     assert caught.value.field == "directory[0].path" and USER in str(caught.value)
     assert private.stat().st_uid == 0 and stat.S_IMODE(private.stat().st_mode) == 0o700
-    share_with_tart_user(msgspec.structs.replace(config, directory=()), str(secrets), user)
+    share_with_tart_user(msgspec.structs.replace(config, directory=()), str(secrets), run_as)
     share_with_tart_user(config, str(secrets), None)  # no tart_user: nothing to check
 
 
 def test_secrets_the_user_cannot_read_are_handed_to_it(
-    tart_user: pwd.struct_passwd, public_dir: Path
+    tart_user: pwd.struct_passwd, run_as: RunAs, public_dir: Path
 ) -> None:
-    user = resolve_user(USER)
-    assert user is not None
     secrets = public_dir / "secrets"
     secrets.mkdir(mode=0o700)
     (secrets / "token").write_text("s3cret")
@@ -164,7 +166,7 @@ def test_secrets_the_user_cannot_read_are_handed_to_it(
     (secrets / "nested" / "key").write_text("k")
     (secrets / "nested" / "key").chmod(0o400)
     config = TaskConfig(url="ghcr.io/x/y", ssh_user="a", ssh_password="p")
-    share_with_tart_user(config, str(secrets), user)
+    share_with_tart_user(config, str(secrets), run_as)
     for path in (secrets, secrets / "token", secrets / "nested", secrets / "nested" / "key"):
         info = path.stat()
         assert info.st_uid == tart_user.pw_uid, path
@@ -180,16 +182,14 @@ def test_secrets_the_user_cannot_read_are_handed_to_it(
 
 
 def test_secrets_behind_a_directory_the_user_cannot_search_are_refused(
-    tart_user: pwd.struct_passwd, public_dir: Path
+    tart_user: pwd.struct_passwd, run_as: RunAs, public_dir: Path
 ) -> None:
-    user = resolve_user(USER)
-    assert user is not None
     data_dir = public_dir / "data"
     secrets = data_dir / "alloc" / "secrets"
     secrets.mkdir(parents=True)
     data_dir.chmod(0o700)
     config = TaskConfig(url="ghcr.io/x/y", ssh_user="a", ssh_password="p")
     with pytest.raises(ConfigError) as caught:
-        share_with_tart_user(config, str(secrets), user)
+        share_with_tart_user(config, str(secrets), run_as)
     assert str(data_dir) in str(caught.value) and USER in str(caught.value)
     assert secrets.stat().st_uid == 0  # nothing was changed

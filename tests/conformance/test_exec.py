@@ -25,6 +25,17 @@ JOB = (
 CAP = 16 << 20
 
 
+async def running_task(
+    sim: NomadSim, fake: FakeTart, tmp_path: Path
+) -> tuple[dict[str, Any], str, str]:
+    """Launch the plugin and start JOB: (StartTask's reply, task id, the VM's address)."""
+    await launch(sim, fake, tmp_path)
+    started = await start(sim, JOB, cores=2, memory_mb=2048)
+    task_id: str = started["task_id"]
+    inspected = await sim.call("inspect_task", task_id=task_id)
+    return started, task_id, inspected["driver"]["attributes"]["ip"]
+
+
 async def exec_task(sim: NomadSim, task_id: str, command: list[str], limit: float = 10) -> Any:
     ran = await sim.call("exec_task", task_id=task_id, command=command, timeout_seconds=limit)
     ran["stdout"] = base64.b64decode(ran["stdout_b64"])
@@ -105,10 +116,7 @@ def ended_cleanly(session: Session, end: dict[str, Any]) -> int:
 async def test_exec_task_output_quoting_timeout_cap_and_errors(
     sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
 ) -> None:
-    await launch(sim, fake_tart, tmp_path)
-    started = await start(sim, JOB, cores=2, memory_mb=2048)
-    task_id = started["task_id"]
-    ip = (await sim.call("inspect_task", task_id=task_id))["driver"]["attributes"]["ip"]
+    _, task_id, ip = await running_task(sim, fake_tart, tmp_path)
 
     ran = await exec_task(sim, task_id, ["/bin/sh", "-c", "echo out; echo err >&2; exit 3"])
     assert (ran["stdout"], ran["stderr"], ran["exit_code"]) == (b"out\n", b"err\n", 3)
@@ -152,10 +160,7 @@ async def test_exec_task_output_quoting_timeout_cap_and_errors(
 async def test_alloc_exec_tty_pipe_and_disconnect(
     sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
 ) -> None:
-    await launch(sim, fake_tart, tmp_path)
-    started = await start(sim, JOB, cores=2, memory_mb=2048)
-    task_id = started["task_id"]
-    ip = (await sim.call("inspect_task", task_id=task_id))["driver"]["attributes"]["ip"]
+    _, task_id, ip = await running_task(sim, fake_tart, tmp_path)
 
     # An interactive shell on a terminal: keystrokes, a resize, the exit code.
     shell = await open_session(sim, task_id, ["/bin/sh"], tty=True)
@@ -225,10 +230,7 @@ async def test_exec_into_a_task_recovered_after_a_plugin_restart(
 async def test_script_checks_share_one_login_and_survive_a_guest_reboot(
     sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
 ) -> None:
-    await launch(sim, fake_tart, tmp_path)
-    started = await start(sim, JOB, cores=2, memory_mb=2048)
-    task_id = started["task_id"]
-    ip = (await sim.call("inspect_task", task_id=task_id))["driver"]["attributes"]["ip"]
+    started, task_id, ip = await running_task(sim, fake_tart, tmp_path)
     vm = f"nomad-{started['task_config']['alloc_id']}"
     console = fake_tart.vm_dir(vm) / ".faketart"
 
