@@ -178,6 +178,12 @@ class Driver:
         vm_name = self._claim_vm_name(task)
         emit = self._emitter(task)
         emit(f"Starting VM {vm_name} from {config.url}", {"vm": vm_name})
+        if task.user:
+            emit(
+                f"The task's user {task.user!r} is not used: tart runs as the plugin's "
+                "tart_user, and commands in the VM run as ssh_user",
+                {"vm": vm_name},
+            )
         runner = TaskRunner(task, config, vm_name, ctx, emit)
         self._tasks[task.id] = runner
         assert self._nursery is not None

@@ -76,6 +76,7 @@ class NomadTask(msgspec.Struct, frozen=True, kw_only=True):
     cpu_shares: int = 0
     memory_mb: int = 0
     memory_max_mb: int = 0
+    user: str = ""
 
     @property
     def reserved_cores(self) -> int:

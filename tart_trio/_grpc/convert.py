@@ -168,6 +168,7 @@ def nomad_task(task: driver_pb2.TaskConfig) -> NomadTask:
         cpu_shares=allocated.cpu.cpu_shares,
         memory_mb=allocated.memory.memory_mb,
         memory_max_mb=allocated.memory.memory_max_mb,
+        user=task.user,
     )
 
 

@@ -40,6 +40,7 @@ async def start(
     memory_mb: int = 4096,
     alloc_id: str | None = None,
     task_name: str | None = None,
+    user: str = "",
 ) -> dict[str, Any]:
     args: dict[str, Any] = {"job_hcl": job_hcl} if job_hcl else {"job_file": str(job_file)}
     if task_name:
@@ -52,6 +53,7 @@ async def start(
             "memory_mb": memory_mb,
             "cpuset_cpus": ",".join(str(i) for i in range(cores)),
         },
+        "user": user,
     }
     return await sim.call("start_task", task=task, create_alloc_dir=True, **args)
 
@@ -88,7 +90,7 @@ async def test_seed_job_runs_logs_stops_and_is_destroyed(
     events: list[dict[str, Any]] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(collect, await sim.open_stream("task_events"), events)
-        started = await start(sim, cores=8, memory_mb=10240)
+        started = await start(sim, cores=8, memory_mb=10240, user="bob")
         task_id = started["task_id"]
         alloc_id = started["task_config"]["alloc_id"]
         vm = f"nomad-{alloc_id}"
@@ -126,6 +128,7 @@ async def test_seed_job_runs_logs_stops_and_is_destroyed(
     assert any(m.startswith(f"Downloaded image {MACOS_IMAGE}") for m in messages)
     assert any(m == f"VM {vm} started" for m in messages)
     assert any(m.startswith("VM reachable at 127.") for m in messages)
+    assert any(m.startswith("The task's user 'bob' is not used") for m in messages)
     assert all(e["alloc_id"] == alloc_id and e["task_name"] == "vm" for e in events)
 
 
