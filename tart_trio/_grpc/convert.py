@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from google.protobuf import timestamp_pb2
@@ -247,8 +248,19 @@ def start_response(
         handle=driver_pb2.TaskHandle(
             version=1, config=request.task, state=driver_pb2.RUNNING, driver_state=driver_state
         ),
-        network_override=driver_pb2.NetworkOverride(addr=ip),
+        network_override=driver_pb2.NetworkOverride(
+            addr=ip, port_map=port_map(request.task.resources.ports)
+        ),
     )
+
+
+def port_map(ports: Iterable[driver_pb2.PortMapping]) -> dict[str, int]:
+    """The job's port labels as the VM sees them: ``to`` when set, else the host port.
+
+    With ``address_mode = "driver"`` a service is registered at the VM's address and this
+    port. Nothing forwards host ports into the VM (``softnet_expose`` does that).
+    """
+    return {port.label: port.to if port.to > 0 else port.value for port in ports if port.label}
 
 
 def exec_response(output: ExecOutput) -> driver_pb2.ExecTaskResponse:

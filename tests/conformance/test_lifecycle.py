@@ -41,6 +41,7 @@ async def start(
     alloc_id: str | None = None,
     task_name: str | None = None,
     user: str = "",
+    ports: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     args: dict[str, Any] = {"job_hcl": job_hcl} if job_hcl else {"job_file": str(job_file)}
     if task_name:
@@ -52,6 +53,7 @@ async def start(
             "cpu_shares": 1000 * cores,
             "memory_mb": memory_mb,
             "cpuset_cpus": ",".join(str(i) for i in range(cores)),
+            "ports": ports or [],
         },
         "user": user,
     }
@@ -90,7 +92,8 @@ async def test_seed_job_runs_logs_stops_and_is_destroyed(
     events: list[dict[str, Any]] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(collect, await sim.open_stream("task_events"), events)
-        started = await start(sim, cores=8, memory_mb=10240, user="bob")
+        ports = [{"label": "http", "value": 25080, "to": 8080}, {"label": "vnc", "value": 25900}]
+        started = await start(sim, cores=8, memory_mb=10240, user="bob", ports=ports)
         task_id = started["task_id"]
         alloc_id = started["task_config"]["alloc_id"]
         vm = f"nomad-{alloc_id}"
@@ -104,6 +107,11 @@ async def test_seed_job_runs_logs_stops_and_is_destroyed(
         os.chmod(secrets, 0o755)
         os.chmod(secrets / "secrets.env", 0o644)
         ip = (await sim.call("inspect_task", task_id=task_id))["driver"]["attributes"]["ip"]
+        assert started["network_override"] == {
+            "addr": ip,
+            "port_map": {"http": 8080, "vnc": 25900},  # the guest's ports: `to`, else the host's
+            "auto_advertise": False,
+        }
         seen = fake_tart.ssh(ip, "cat '/Volumes/My Shared Files/secrets/secrets.env'")
         assert seen.stdout == "SSH_PASSWORD=admin\n"
 
