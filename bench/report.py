@@ -572,15 +572,16 @@ class Report:
             per = stats_fit[1] - cpu_fit[1]
             self.misses.append(
                 "**TaskStats cost.** Nomad's client keeps a TaskStats stream open per task at "
-                "its 1 s collection interval. `_stats` now shares one process-table scan per "
-                "~second among all tasks' samplers (before, every task's sampler read all of "
-                "`/proc/*/stat` and `/proc/*/statm` and walked every process's open files "
-                "every second: 102 % of a core at 30 tasks in this benchmark's first run). "
-                f"What remains, {per:.3f} % of a core per task, is the shared scan over a "
-                "host that runs ~7 processes per fake VM, each sampler's walk of its process "
-                "tree, a worker-thread hop per sample and one gRPC message per task per "
-                "second. Further fixes: sample every task from one timer task per interval "
-                "(one thread hop, one scan) and send the streams' messages from it."
+                "its 1 s collection interval. All tasks' samplers share one process-table scan "
+                "a second, and a sampler that can reuse it takes no worker-thread hop. What "
+                f"remains, {per:.3f} % of a core per task, is mostly that scan and one gRPC "
+                "message per task per second (a py-spy profile at 10 tasks: most samples in "
+                "`_stats._linux_table` and the disk-holder walk). On Linux the scan reads "
+                "`/proc/*/stat` of every process on the host, and each fake VM adds about 7 "
+                "processes, so the per-task figure here includes the host growing with the "
+                "VMs; on macOS the scan is one `ps` per second however many tasks run. "
+                "Further fix: walk only the VMs' process trees (`/proc/<pid>/task/*/children`) "
+                "instead of the whole table."
             )
 
     def latency(self, r: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-  openssh-server openssh-client python3 util-linux procps iproute2
+  openssh-server openssh-client python3 util-linux procps iproute2 lsof
   golang-go golang-github-hashicorp-go-plugin-dev golang-github-zclconf-go-cty-dev
   golang-github-hashicorp-hcl-v2-dev golang-google-grpc-dev golang-goprotobuf-dev
   protobuf-compiler

@@ -68,6 +68,7 @@ def _ps_table() -> ProcTable:
 def _holders_linux(paths: set[str]) -> dict[str, set[int]]:
     """Pids holding each of ``paths`` open: one walk over every process's fds for all."""
     holders: dict[str, set[int]] = {path: set() for path in paths}
+    wanted = {os.path.realpath(path): path for path in paths}
     if not paths:
         return holders
     for entry in os.scandir("/proc"):
@@ -83,14 +84,30 @@ def _holders_linux(paths: set[str]) -> dict[str, set[int]]:
                     target = os.readlink(fd.path)
                 except OSError:
                     continue
-                if target in holders:
-                    holders[target].add(int(entry.name))
+                if target in wanted:
+                    holders[wanted[target]].add(int(entry.name))
     return holders
 
 
-def _holders_lsof(path: str) -> set[int]:
-    out = subprocess.run(["lsof", "-t", path], capture_output=True, text=True, check=False).stdout
-    return {int(pid) for pid in out.split() if pid.isdigit()}
+def _holders_lsof(paths: set[str]) -> dict[str, set[int]]:
+    """Pids holding each of ``paths`` open: one ``lsof`` for all (each run scans every process)."""
+    holders: dict[str, set[int]] = {path: set() for path in paths}
+    wanted = {os.path.realpath(path): path for path in paths}
+    if not paths:
+        return holders
+    out = subprocess.run(
+        ["lsof", "-w", "-F", "pn", "--", *sorted(wanted)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    pid: int | None = None
+    for line in out.splitlines():  # "p<pid>" opens a process; "n<name>" is one of its files
+        if line.startswith("p") and line[1:].isdigit():
+            pid = int(line[1:])
+        elif line.startswith("n") and pid is not None and line[1:] in wanted:
+            holders[wanted[line[1:]]].add(pid)
+    return holders
 
 
 #: Samplers of different tasks asking within this many seconds share one process-table
@@ -183,7 +200,7 @@ class _SharedScans:
 
 def _disk_holders(disks: set[str], linux: bool) -> dict[str, set[int]]:
     present = {path for path in disks if os.path.exists(path)}
-    holders = _holders_linux(present) if linux else {path: _holders_lsof(path) for path in present}
+    holders = _holders_linux(present) if linux else _holders_lsof(present)
     for path in disks - present:
         holders[path] = set()
     return holders
