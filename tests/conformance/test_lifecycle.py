@@ -310,6 +310,33 @@ async def test_two_tasks_of_one_allocation_run_side_by_side(
     assert vm_names(fake_tart) == []
 
 
+async def test_a_task_restarted_after_its_vm_ended_gets_a_fresh_clone(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    await launch(sim, fake_tart, tmp_path)
+    alloc = str(uuid.uuid4())
+    vm = f"nomad-{alloc}"
+    first = await start(sim, _variant(""), alloc_id=alloc)
+    ip = (await sim.call("inspect_task", task_id=first["task_id"]))["driver"]["attributes"]["ip"]
+    assert fake_tart.ssh(ip, "touch ~/left-by-the-first-run").returncode == 0
+    fake_tart.tart("stop", vm)  # the VM ends outside Nomad
+    with trio.fail_after(20):
+        waited = await sim.call("wait_task", task_id=first["task_id"])
+    assert waited["result"]["exit_code"] == 0
+    # Nomad's restart: the old handle is destroyed (force), then the task starts again.
+    await sim.call("destroy_task", task_id=first["task_id"], force=True)
+    second = await start(sim, _variant(""), alloc_id=alloc)
+    ip = (await sim.call("inspect_task", task_id=second["task_id"]))["driver"]["attributes"]["ip"]
+    assert (await sim.call("inspect_task", task_id=second["task_id"]))["driver"]["attributes"][
+        "vm_name"
+    ] == vm
+    assert fake_tart.ssh(ip, "test -e ~/left-by-the-first-run").returncode == 1
+    assert len(fake_tart.calls_of("clone")) == 2
+    await sim.call("stop_task", task_id=second["task_id"], timeout_seconds=5)
+    await sim.call("destroy_task", task_id=second["task_id"])
+    assert vm_names(fake_tart) == []
+
+
 async def test_no_secret_reaches_logs_events_errors_or_argv(
     sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
 ) -> None:
