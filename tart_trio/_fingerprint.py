@@ -14,7 +14,7 @@ import trio
 from tart_trio._config import PluginConfig
 from tart_trio._errors import TartTrioError
 from tart_trio._model import AttributeValue, Fingerprint
-from tart_trio._tart.cli import Tart, UnknownUser, locate_tart, resolve_user
+from tart_trio._tart.cli import Tart, UnknownUser, locate_tart, resolve_user, unreachable_user
 from tart_trio._tart.vms import running_macos_vms
 
 PREFIX: Final = "driver.tart"
@@ -120,6 +120,17 @@ async def fingerprint(config: PluginConfig) -> Fingerprint:
     path = locate_tart(config.tart_path)
     if path is None:
         return Fingerprint(attributes={}, health="undetected", description=NOT_FOUND)
+    me = unreachable_user(config.tart_user)
+    if me is not None:
+        return Fingerprint(
+            attributes={},
+            health="unhealthy",
+            description=(
+                f"tart_user is {config.tart_user!r}, but the plugin runs as {me!r} and not as "
+                f"root, so it cannot run tart as {config.tart_user!r}: run the Nomad client as "
+                "root or as that user, or remove tart_user."
+            ),
+        )
     try:
         user = resolve_user(config.tart_user)
     except UnknownUser as exc:

@@ -21,7 +21,7 @@ from tart_trio._config import Directory, PluginConfig, TaskConfig
 from tart_trio._errors import ConfigError
 from tart_trio._fingerprint import HOME_MISSING, fingerprint
 from tart_trio._policy import readable_by, share_with_tart_user
-from tart_trio._tart.cli import RunAs, Tart, resolve_user
+from tart_trio._tart.cli import RunAs, Tart, resolve_user, unreachable_user
 from tests.faketart.fixtures import ensure_user
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running as another user needs root")
@@ -193,3 +193,18 @@ def test_secrets_behind_a_directory_the_user_cannot_search_are_refused(
         share_with_tart_user(config, str(secrets), run_as)
     assert str(data_dir) in str(caught.value) and USER in str(caught.value)
     assert secrets.stat().st_uid == 0  # nothing was changed
+
+
+async def test_fingerprint_is_unhealthy_when_it_cannot_become_the_tart_user(
+    tart_user: pwd.struct_passwd, fake_tart_bin: Path
+) -> None:
+    """A plugin that is not root can run tart only as itself."""
+    os.seteuid(tart_user.pw_uid)  # the plugin as the test user (root can switch back)
+    try:
+        fp = await fingerprint(PluginConfig(tart_path=str(fake_tart_bin), tart_user="root"))
+        itself = unreachable_user(USER)
+    finally:
+        os.seteuid(0)
+    assert fp.health == "unhealthy"
+    assert fp.description.startswith(f"tart_user is 'root', but the plugin runs as '{USER}'")
+    assert itself is None  # tart_user names the plugin's own user: nothing to become

@@ -77,6 +77,17 @@ def resolve_user(name: str) -> RunAs | None:
     )
 
 
+def unreachable_user(name: str) -> str | None:
+    """The plugin's own user when ``tart_user`` names another and we are not root to become it."""
+    if not name or os.geteuid() == 0:
+        return None
+    try:
+        me = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        me = str(os.geteuid())
+    return None if me == name else me
+
+
 def tart_environment(
     tart_path: str,
     tart_home: str,
