@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import math
 import secrets
 import shlex
 import signal
@@ -551,36 +552,44 @@ class SharedGuest:
         pty: PtySize | None = None,
     ) -> AsyncIterator[RemoteProcess]:
         """A command in its own session; ``within``: how long to retry reaching the guest."""
-        if self._busy >= SHARED_SESSIONS:
-            guest = await reach_guest(address, within)
-            try:
-                async with start_process(guest, argv, pty=pty) as remote:
-                    yield remote
-            finally:
-                await guest.aclose()
-            return
-        self._busy += 1
+        shared = self._busy < SHARED_SESSIONS
+        own: Guest | None = None
+        if shared:
+            self._busy += 1
         try:
-            remote = await self._open(address, within, argv, pty)
+            remote = await self._open_shared(address, within, argv, pty) if shared else None
+            if remote is None:  # every shared session busy, or the guest refused one more
+                own = await reach_guest(address, within)
+                remote = await open_process(own, argv, pty=pty)
             try:
                 yield remote
             finally:
                 await remote.close()
         finally:
-            self._busy -= 1
+            if shared:
+                self._busy -= 1
+            if own is not None:
+                await own.aclose()
 
-    async def _open(
+    async def _open_shared(
         self, address: GuestAddress, within: float, argv: Sequence[str], pty: PtySize | None
-    ) -> RemoteProcess:
+    ) -> RemoteProcess | None:
+        """A session on the shared connection; None if the guest will not open another."""
         while True:
             guest, reused = await self._connection(address, within)
-            if not reused:
-                return await open_process(guest, argv, pty=pty)
             try:
-                with trio.fail_after(CONNECT_SECONDS):
+                # A reused connection may be dead without knowing it yet (the guest rebooted
+                # and a packet is lost on the way): bound the wait, then start afresh.
+                with trio.fail_after(CONNECT_SECONDS if reused else math.inf):
                     return await open_process(guest, argv, pty=pty)
-            except (GuestError, trio.TooSlowError):
-                await self._discard(guest)  # stale (the guest rebooted): once more, fresh
+            except trio.TooSlowError:
+                await self._discard(guest)
+            except GuestError:
+                if not guest.closed:
+                    return None  # alive but refusing a session (sshd's MaxSessions)
+                await self._discard(guest)
+                if not reused:
+                    raise
 
     async def _connection(self, address: GuestAddress, within: float) -> tuple[Guest, bool]:
         async with self._lock:

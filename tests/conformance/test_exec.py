@@ -251,3 +251,26 @@ async def test_script_checks_share_one_login_and_survive_a_guest_reboot(
     assert (ran["stdout"], ran["exit_code"]) == (b"after reboot\n", 0)
     await sim.call("stop_task", task_id=task_id, timeout_seconds=5)
     await sim.call("destroy_task", task_id=task_id)
+
+
+async def test_sessions_beyond_what_one_connection_carries_still_run(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    # A guest whose sshd takes 3 sessions per connection: more at once must not fail,
+    # and must not disturb the sessions already running.
+    fake_tart.set_knobs("nomad-*", max_sessions=3)
+    _, task_id, _ = await running_task(sim, fake_tart, tmp_path)
+    script = 'echo "started $1"; read line; echo "ended $1"'
+    sessions = [
+        await open_session(sim, task_id, ["/bin/sh", "-c", script, "sh", str(n)], tty=False)
+        for n in range(10)
+    ]
+    for n, session in enumerate(sessions):
+        await session.until(f"started {n}".encode())
+    for n, session in enumerate(sessions):
+        await session.send(b"go\n")
+        await sim.call("exec_stdin_close", stream=session.stream.id)
+        assert ended_cleanly(session, await session.finish()) == 0
+        assert bytes(session.stdout) == f"started {n}\nended {n}\n".encode()
+    await sim.call("stop_task", task_id=task_id, timeout_seconds=5)
+    await sim.call("destroy_task", task_id=task_id)

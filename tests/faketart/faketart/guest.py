@@ -396,7 +396,7 @@ class Guest:
                 "SetEnv PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
                 "Subsystem sftp internal-sftp",
                 "MaxStartups 100:30:200",
-                "MaxSessions 64",
+                f"MaxSessions {int(self.knobs().get('max_sessions') or 10)}",
                 "",
             ]
         )

@@ -43,6 +43,7 @@ DEFAULTS: dict = {
     "stop_hang": False,  # `tart run` prints "Stopping VM..." on SIGINT but never exits
     "stale_lease": True,  # keep the DHCP lease after the VM stops (real vmnet behaviour)
     "softnet_exit_after": None,  # s: the softnet child dies -> run fails
+    "max_sessions": 10,  # the guest sshd's MaxSessions (OpenSSH's and macOS's default)
 }
 
 DEFAULT_START_FAILURE = (
