@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import stat
 from typing import Final
@@ -12,6 +13,8 @@ from tart_trio._errors import ConfigError
 from tart_trio._reconcile import OUR_NAME
 from tart_trio._tart.cli import RunAs
 from tart_trio._tart.images import is_remote
+
+log = logging.getLogger("policy")
 
 NETWORK_MODES: Final = ("shared", "host", "bridged", "softnet")
 
@@ -109,33 +112,71 @@ def share_secrets(secrets_dir: str, user: RunAs) -> None:
     Group and other permissions are never widened. The directories above it are Nomad's
     (``alloc_dir`` is 0711 by default); if one of them shuts the user out, the start is
     refused with the directory to fix.
+
+    The plugin is root and Nomad's task directory is world-writable on macOS, so nothing
+    here follows a symlink (the directory itself included) and only root-owned files with a
+    single link are handed over: another local user cannot plant a link to a file elsewhere
+    and have it given to the tart user.
     """
-    real = os.path.realpath(secrets_dir)
     field = "the task's secrets directory"
-    if not os.path.isdir(real):
-        raise ConfigError(field, f"{secrets_dir!r} does not exist")
-    blocked = _blocking_parent(real, user)
+    path = os.path.abspath(secrets_dir)
+    blocked = _blocking_parent(path, user)
     if blocked is not None:
         raise ConfigError(
             field,
             f"{secrets_dir!r} cannot be reached by tart_user {user.name!r}: it may not "
             f"search {blocked!r} (allow it with `chmod o+x {blocked}`)",
         )
-    _hand_over(real, user, directory=True)
-    for root, dirs, files in os.walk(real):
-        for name in dirs:
-            _hand_over(os.path.join(root, name), user, directory=True)
-        for name in files:
-            _hand_over(os.path.join(root, name), user, directory=False)
+    try:
+        top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(field, f"{secrets_dir!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(
+            field, f"{secrets_dir!r} is not a directory (or is a symlink): {exc.strerror}"
+        ) from None
+    try:
+        _hand_over(top, path, user)
+        for root, dirs, files, root_fd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
+            for name in dirs + files:
+                _hand_over_entry(
+                    root_fd, os.path.normpath(os.path.join(path, root, name)), name, user
+                )
+    finally:
+        os.close(top)
 
 
-def _hand_over(path: str, user: RunAs, *, directory: bool) -> None:
-    need = 0o5 if directory else 0o4
-    info = os.lstat(path)
-    if stat.S_ISLNK(info.st_mode) or _bits(info, user) & need == need:
+_OPEN_ENTRY: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _hand_over_entry(dir_fd: int, path: str, name: str, user: RunAs) -> None:
+    try:
+        fd = os.open(name, _OPEN_ENTRY, dir_fd=dir_fd)
+    except OSError:
+        return  # a symlink (ELOOP), a socket, or gone meanwhile: not ours to hand over
+    try:
+        _hand_over(fd, path, user)
+    finally:
+        os.close(fd)
+
+
+def _hand_over(fd: int, path: str, user: RunAs) -> None:
+    info = os.fstat(fd)
+    directory = stat.S_ISDIR(info.st_mode)
+    if not directory and not stat.S_ISREG(info.st_mode):
         return
-    os.chown(path, user.uid, -1)
-    os.chmod(path, stat.S_IMODE(info.st_mode) | (need << 6))
+    need = 0o5 if directory else 0o4
+    if _bits(info, user) & need == need:
+        return
+    if info.st_uid != 0 or (not directory and info.st_nlink != 1):
+        log.warning(
+            "a secret the tart user cannot read was left alone: only root-owned files with "
+            "one link are handed over",
+            extra={"path": path, "owner": info.st_uid, "links": info.st_nlink},
+        )
+        return
+    os.fchown(fd, user.uid, -1)
+    os.fchmod(fd, stat.S_IMODE(info.st_mode) | (need << 6))
 
 
 def share_with_tart_user(config: TaskConfig, secrets_dir: str, user: RunAs | None) -> None:

@@ -208,3 +208,32 @@ async def test_fingerprint_is_unhealthy_when_it_cannot_become_the_tart_user(
     assert fp.health == "unhealthy"
     assert fp.description.startswith(f"tart_user is 'root', but the plugin runs as '{USER}'")
     assert itself is None  # tart_user names the plugin's own user: nothing to become
+
+
+def test_links_planted_in_the_secrets_directory_are_never_handed_over(
+    tart_user: pwd.struct_passwd, run_as: RunAs, public_dir: Path
+) -> None:
+    """Nomad's task directory is world-writable on macOS: another user may plant links."""
+    elsewhere = public_dir / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    precious = elsewhere / "precious"
+    precious.write_text("root's alone")
+    precious.chmod(0o600)
+    secrets = public_dir / "secrets"
+    secrets.mkdir(mode=0o777)
+    (secrets / "symlink").symlink_to(precious)
+    os.link(precious, secrets / "hardlink")
+    (secrets / "dir-symlink").symlink_to(elsewhere)
+    config = TaskConfig(url="ghcr.io/x/y", ssh_user="a", ssh_password="p")
+    share_with_tart_user(config, str(secrets), run_as)
+    for path in (precious, elsewhere):
+        assert path.stat().st_uid == 0, f"{path} was handed to the tart user"
+    assert stat.S_IMODE(precious.stat().st_mode) == 0o600
+
+    # The secrets directory itself swapped for a symlink: refused, nothing touched.
+    secrets.rename(public_dir / "secrets-moved")
+    (public_dir / "secrets").symlink_to(elsewhere)
+    with pytest.raises(ConfigError) as caught:
+        share_with_tart_user(config, str(public_dir / "secrets"), run_as)
+    assert "symlink" in str(caught.value)
+    assert elsewhere.stat().st_uid == 0 and precious.stat().st_uid == 0
