@@ -268,8 +268,7 @@ async def test_sessions_beyond_what_one_connection_carries_still_run(
     for n, session in enumerate(sessions):
         await session.until(f"started {n}".encode())
     for n, session in enumerate(sessions):
-        await session.send(b"go\n")
-        await sim.call("exec_stdin_close", stream=session.stream.id)
+        await sim.call("exec_stdin_close", stream=session.stream.id)  # `read` returns
         assert ended_cleanly(session, await session.finish()) == 0
         assert bytes(session.stdout) == f"started {n}\nended {n}\n".encode()
     await sim.call("stop_task", task_id=task_id, timeout_seconds=5)
