@@ -10,6 +10,7 @@ the plugin or the VM. Used by the plugin (guest logs to stdout) and by the super
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 
 BUFFER_LIMIT = 8 << 20
@@ -52,9 +53,8 @@ class FifoWriter:
         if not self._pending or self._path is None:
             return
         if self._fd is None:
-            try:
-                self._fd = os.open(self._path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            except OSError:
+            self._fd = _open_fifo(self._path)
+            if self._fd is None:
                 self.dropped += len(self._pending)  # no reader at all right now
                 self._pending.clear()
                 return
@@ -79,3 +79,19 @@ class FifoWriter:
             if self.before_close is not None:
                 self.before_close(fd)
             os.close(fd)
+
+
+def _open_fifo(path: str) -> int | None:
+    """The FIFO at ``path`` opened for writing; None without a reader or if it is no FIFO.
+
+    Nomad's log directory may be writable by other users, and the writers run as root:
+    a symlink or a regular file in the FIFO's place is never written to.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd

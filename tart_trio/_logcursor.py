@@ -17,6 +17,8 @@ from typing import Final
 
 import msgspec
 
+from tart_trio._safefs import open_own_file
+
 _TIMESTAMP: Final = re.compile(rb"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?(?:[+-]\d{4})?)\s")
 _SHOW_FOOTER: Final = (b"-----", b"Log      -", b"Activity -")
 _LINE_LIMIT: Final = 1 << 20
@@ -46,13 +48,18 @@ class _CursorFile:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._fd: int | None = None
+        self._unusable = False
 
     def save(self, cursor: Cursor) -> None:
         record = msgspec.json.encode(cursor)
-        if len(record) >= _RECORD:
+        if len(record) >= _RECORD or self._unusable:
             return  # never happens for timestamps; keep the last good record
         if self._fd is None:
-            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                self._fd = open_own_file(str(self._path), os.O_WRONLY | os.O_CREAT)
+            except OSError:
+                self._unusable = True  # gone, or planted by someone else: logs still flow
+                return
         os.pwrite(self._fd, record.ljust(_RECORD), 0)
 
     def close(self) -> None:

@@ -25,17 +25,40 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tart_trio._fifo import FifoWriter
+from tart_trio._safefs import open_own_file, open_private_dir
 
 _CHUNK = 65536
 
 
-def _write_status(path: str, status: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as out:
-        json.dump(status, out)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+class _RuntimeDir:
+    """The task's runtime directory, held open: every file is written relative to it.
+
+    The directory is the plugin's own (root, 0700) inside Nomad's world-writable task
+    directory; holding it by descriptor means renaming or replacing its entry there
+    cannot redirect what the supervisor writes.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.fd = open_private_dir(path)
+
+    def write_atomic(self, name: str, data: bytes) -> None:
+        tmp = f"{name}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=self.fd)
+        fd = open_own_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, dir_fd=self.fd)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+
+    def open_log(self, name: str) -> int:
+        return open_own_file(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, dir_fd=self.fd)
+
+
+def _write_status(runtime: _RuntimeDir, name: str, status: dict[str, Any]) -> None:
+    runtime.write_atomic(name, json.dumps(status).encode())
 
 
 def _run_as(args: argparse.Namespace) -> dict[str, Any]:
@@ -46,8 +69,8 @@ def _run_as(args: argparse.Namespace) -> dict[str, Any]:
     return {"user": args.uid, "group": args.gid, "extra_groups": groups}
 
 
-def _run(args: argparse.Namespace) -> int:
-    log = open(args.log_file, "ab", buffering=0)  # noqa: SIM115 - lives as long as the VM
+def _run(args: argparse.Namespace, runtime: _RuntimeDir) -> int:
+    log = os.fdopen(runtime.open_log(os.path.basename(args.log_file)), "ab", buffering=0)
     fifo = FifoWriter(args.stderr_fifo)
     started = time.time()
     try:
@@ -64,7 +87,8 @@ def _run(args: argparse.Namespace) -> int:
         log.write(message)
         fifo.write(message)
         _write_status(
-            args.status_file,
+            runtime,
+            os.path.basename(args.status_file),
             {
                 "exit_code": 127,
                 "signal": 0,
@@ -82,9 +106,8 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
     assert child.stdout is not None
-    with open(args.pid_file + ".tmp", "w", encoding="utf-8") as out:
-        json.dump({"tart_run_pid": child.pid}, out)
-    os.replace(args.pid_file + ".tmp", args.pid_file)
+    pid_record = json.dumps({"tart_run_pid": child.pid}).encode()
+    runtime.write_atomic(os.path.basename(args.pid_file), pid_record)
     while True:
         try:
             data = os.read(child.stdout.fileno(), _CHUNK)
@@ -111,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
         "finished_at": time.time(),
         "finished": datetime.now(UTC).isoformat(),
     }
-    _write_status(args.status_file, status)
+    _write_status(runtime, os.path.basename(args.status_file), status)
     return 0
 
 
@@ -129,6 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command[:1] == ["--"]:
         args.command = args.command[1:]
+    where = {os.path.dirname(os.path.abspath(f)) for f in (args.status_file, args.pid_file)}
+    where.add(os.path.dirname(os.path.abspath(args.log_file)))
+    if len(where) != 1:
+        parser.error("--status-file, --pid-file and --log-file must share one directory")
+    try:
+        runtime = _RuntimeDir(where.pop())
+    except OSError as exc:
+        sys.stderr.write(f"tart_trio._supervisor: the runtime directory is unusable: {exc}\n")
+        return 1
     pid = os.fork()
     if pid:
         sys.stdout.write(f"{pid}\n")
@@ -139,11 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
-    try:
-        code = _run(args)
-    finally:
-        pass
-    os._exit(code)
+    os._exit(_run(args, runtime))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -133,6 +134,7 @@ class TaskRunner:
 
     async def _start(self) -> DriverState:
         tart = self.ctx.tart
+        make_private_dir(self.runtime_dir)
         await self._clone(tart)
         await self._configure(tart)
         if await vms.vm_os(tart, self.vm_name) == "darwin":
@@ -256,7 +258,6 @@ class TaskRunner:
             )
 
     async def _launch(self, tart: Tart) -> tuple[int, str | None]:
-        self.runtime_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("status.json", "tart-run.pid"):
             (self.runtime_dir / stale).unlink(missing_ok=True)
         secrets = str(Path(self.task.alloc_dir) / self.task.name / "secrets")
@@ -504,6 +505,28 @@ def _run_as_args(tart: Tart) -> list[str]:
         return []
     groups = ",".join(str(g) for g in tart.user.groups)
     return ["--uid", str(tart.user.uid), "--gid", str(tart.user.gid), "--groups", groups]
+
+
+def make_private_dir(path: Path) -> None:
+    """The task's runtime directory: ours alone (the task directory is world-writable).
+
+    An existing one must be a real directory that we own and nobody else may write;
+    anything else (a symlink planted by another user) is refused, never followed.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        info = path.lstat()
+        if (
+            not stat.S_ISDIR(info.st_mode)
+            or info.st_uid != os.geteuid()
+            or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        ):
+            raise TartTrioError(
+                f"{path} exists but is not the driver's own directory (a symlink, another "
+                "owner, or writable by others); remove it and restart the task"
+            ) from None
 
 
 def read_status(path: Path) -> ExitResult | None:

@@ -43,3 +43,16 @@ def test_beyond_the_buffer_output_is_dropped_not_blocked(tmp_path: Path) -> None
     assert writer.dropped > 0 and writer.pending <= 1 << 20
     writer.close()
     os.close(reader)
+
+
+def test_a_file_or_symlink_in_the_fifos_place_is_never_written(tmp_path: Path) -> None:
+    """The writers run as root; Nomad's log directory may be writable by other users."""
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep me\n")
+    (tmp_path / "planted.fifo").symlink_to(target)
+    for path in (tmp_path / "planted.fifo", target):
+        writer = FifoWriter(str(path))
+        writer.write(b"log line\n")
+        writer.close()
+        assert writer.dropped == len(b"log line\n")
+    assert target.read_bytes() == b"keep me\n"

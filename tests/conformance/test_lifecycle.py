@@ -337,6 +337,29 @@ async def test_a_task_restarted_after_its_vm_ended_gets_a_fresh_clone(
     assert vm_names(fake_tart) == []
 
 
+async def test_a_runtime_directory_planted_in_the_task_directory_is_refused(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    """Nomad's task directory is world-writable: a symlink there must not steer root."""
+    await launch(sim, fake_tart, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    alloc_dir = tmp_path / "alloc" / str(uuid.uuid4())
+    (alloc_dir / "vm").mkdir(parents=True)
+    (alloc_dir / "vm" / ".tart-driver").symlink_to(elsewhere)
+    task = {
+        "alloc_id": alloc_dir.name,
+        "alloc_dir": str(alloc_dir),
+        "env": {"SSH_PASSWORD": PASSWORD},
+        "resources": {"cpu_shares": 2000, "memory_mb": 2048, "cpuset_cpus": "0,1"},
+    }
+    with pytest.raises(NomadSimError) as refused:
+        await sim.call("start_task", task=task, create_alloc_dir=True, job_hcl=_variant(""))
+    assert ".tart-driver exists but is not the driver's own directory" in str(refused.value)
+    assert list(elsewhere.iterdir()) == []
+    assert fake_tart.calls_of("clone") == []
+
+
 async def test_no_secret_reaches_logs_events_errors_or_argv(
     sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
 ) -> None:
