@@ -31,6 +31,7 @@ from tart_trio._groups import single_errors
 from tart_trio._logpump import pump_logs
 from tart_trio._model import ExitResult, NomadTask, TaskPhase
 from tart_trio._pulls import Pulls
+from tart_trio._safefs import open_own_file
 from tart_trio._state import DriverState
 from tart_trio._tart import argv as tart_argv
 from tart_trio._tart import images, vms
@@ -530,8 +531,11 @@ def make_private_dir(path: Path) -> None:
 
 
 def read_status(path: Path) -> ExitResult | None:
+    """The exit status the supervisor wrote (only a file of our own counts)."""
     try:
-        raw = json.loads(path.read_text())
+        fd = open_own_file(str(path), os.O_RDONLY)
+        with os.fdopen(fd, "rb") as status:
+            raw = json.loads(status.read())
     except (OSError, ValueError):
         return None
     return ExitResult(exit_code=int(raw.get("exit_code", 0)), signal=int(raw.get("signal", 0)))
