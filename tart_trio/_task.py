@@ -183,6 +183,20 @@ class TaskRunner:
 
     async def _clone(self, tart: Tart) -> None:
         url = self.config.url
+        if await self._bundle_exists(tart):
+            # No task of ours owns this name (it was free in the task table), so the VM is
+            # a leftover of an earlier run of this task. `tart clone` would overwrite it
+            # silently, even while its `tart run` still runs: stop and delete it first.
+            self._emit(
+                f"Removing VM {self.vm_name} left over from an earlier run of this task",
+                {"vm": self.vm_name},
+            )
+            await self._delete_vm()
+            if await self._bundle_exists(tart):
+                raise TartTrioError(
+                    f"VM {self.vm_name} is left over from an earlier run of this task and "
+                    f"could not be removed; remove it with `tart delete {self.vm_name}`"
+                )
         if images.is_remote(url):
             with trio.fail_after(TART_CALL_SECONDS):
                 cached = images.canonical(url) in await images.cached_names(tart)
@@ -206,6 +220,9 @@ class TaskRunner:
                     extra={"vm": self.vm_name, "error": str(exc)},
                 )
                 await self._delete_vm()
+
+    async def _bundle_exists(self, tart: Tart) -> bool:
+        return await (trio.Path(tart.vm_dir(self.vm_name)) / "config.json").exists()
 
     async def _pull(self, tart: Tart, url: str) -> None:
         self._emit(f"Downloading image {url}", {"image": url})

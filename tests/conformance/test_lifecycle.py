@@ -337,6 +337,30 @@ async def test_a_task_restarted_after_its_vm_ended_gets_a_fresh_clone(
     assert vm_names(fake_tart) == []
 
 
+async def test_a_vm_left_over_under_the_tasks_name_is_removed_not_cloned_over(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    """`tart clone` overwrites silently, even a running VM: the driver removes it first."""
+    await launch(sim, fake_tart, tmp_path)
+    alloc = str(uuid.uuid4())
+    vm = f"nomad-{alloc}"
+    fake_tart.make_vm(vm, LINUX_IMAGE)
+    old, old_ip = await trio.to_thread.run_sync(fake_tart.start_vm, vm)
+    assert fake_tart.ssh(old_ip, "touch ~/left-over").returncode == 0
+    events: list[dict[str, Any]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collect, await sim.open_stream("task_events"), events)
+        started = await start(sim, _variant(""), alloc_id=alloc)
+        nursery.cancel_scope.cancel()
+    assert old.returncode is not None, "the leftover's tart run was stopped"
+    ip = (await sim.call("inspect_task", task_id=started["task_id"]))["driver"]["attributes"]["ip"]
+    assert fake_tart.ssh(ip, "test -e ~/left-over").returncode == 1, "a fresh clone"
+    assert any(e["message"].startswith(f"Removing VM {vm} left over") for e in events)
+    await sim.call("stop_task", task_id=started["task_id"], timeout_seconds=5)
+    await sim.call("destroy_task", task_id=started["task_id"])
+    assert vm_names(fake_tart) == []
+
+
 async def test_a_runtime_directory_planted_in_the_task_directory_is_refused(
     sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
 ) -> None:
