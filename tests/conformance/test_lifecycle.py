@@ -74,6 +74,14 @@ async def wait_for_text(path: Path, pattern: str, seconds: float = 20) -> str:
             await trio.sleep(0.1)
 
 
+async def stop_and_destroy(sim: NomadSim, fake: FakeTart, *tasks: dict[str, Any]) -> None:
+    """Stop and destroy each started task; then no VM is left."""
+    for task in tasks:
+        await sim.call("stop_task", task_id=task["task_id"], timeout_seconds=5)
+        await sim.call("destroy_task", task_id=task["task_id"])
+    assert vm_names(fake) == []
+
+
 def vm_names(fake: FakeTart) -> list[str]:
     return list(fake.tart("list", "--quiet", "--source", "local").stdout.split())
 
@@ -275,10 +283,7 @@ async def test_third_macos_vm_is_a_recoverable_readable_error(
     assert "already runs 2 macOS VMs" in caught.value.message
     assert "max_macos_vms is 2" in caught.value.message
     assert len(vm_names(fake_tart)) == 2, "the failed task's clone was rolled back"
-    for started in (first, second):
-        await sim.call("stop_task", task_id=started["task_id"], timeout_seconds=5)
-        await sim.call("destroy_task", task_id=started["task_id"])
-    assert vm_names(fake_tart) == []
+    await stop_and_destroy(sim, fake_tart, first, second)
 
 
 async def test_two_tasks_of_one_allocation_run_side_by_side(
@@ -304,10 +309,7 @@ async def test_two_tasks_of_one_allocation_run_side_by_side(
         for t in (one, two)
     }
     assert names == {f"nomad-{alloc}", f"nomad-{alloc}-two"}
-    for started in (one, two):
-        await sim.call("stop_task", task_id=started["task_id"], timeout_seconds=5)
-        await sim.call("destroy_task", task_id=started["task_id"])
-    assert vm_names(fake_tart) == []
+    await stop_and_destroy(sim, fake_tart, one, two)
 
 
 async def test_a_task_restarted_after_its_vm_ended_gets_a_fresh_clone(
@@ -332,9 +334,7 @@ async def test_a_task_restarted_after_its_vm_ended_gets_a_fresh_clone(
     ] == vm
     assert fake_tart.ssh(ip, "test -e ~/left-by-the-first-run").returncode == 1
     assert len(fake_tart.calls_of("clone")) == 2
-    await sim.call("stop_task", task_id=second["task_id"], timeout_seconds=5)
-    await sim.call("destroy_task", task_id=second["task_id"])
-    assert vm_names(fake_tart) == []
+    await stop_and_destroy(sim, fake_tart, second)
 
 
 async def test_a_vm_left_over_under_the_tasks_name_is_removed_not_cloned_over(
@@ -356,9 +356,7 @@ async def test_a_vm_left_over_under_the_tasks_name_is_removed_not_cloned_over(
     ip = (await sim.call("inspect_task", task_id=started["task_id"]))["driver"]["attributes"]["ip"]
     assert fake_tart.ssh(ip, "test -e ~/left-over").returncode == 1, "a fresh clone"
     assert any(e["message"].startswith(f"Removing VM {vm} left over") for e in events)
-    await sim.call("stop_task", task_id=started["task_id"], timeout_seconds=5)
-    await sim.call("destroy_task", task_id=started["task_id"])
-    assert vm_names(fake_tart) == []
+    await stop_and_destroy(sim, fake_tart, started)
 
 
 async def test_a_runtime_directory_planted_in_the_task_directory_is_refused(
