@@ -1,5 +1,6 @@
 # The default NAT network, spelled out. A Linux guest, which does not count
-# against Apple's limit of two macOS VMs per host.
+# against Apple's limit of two macOS VMs per host. Linux has no macOS `log`
+# command: the task's logs come from the systemd journal instead.
 job "tart-linux-nat" {
   datacenters = ["dc1"]
 
@@ -15,6 +16,8 @@ job "tart-linux-nat" {
         network {
           mode = "shared"
         }
+
+        log_command = ["sudo", "journalctl", "--follow", "--output", "short-iso"]
       }
 
       resources {

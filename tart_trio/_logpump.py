@@ -21,7 +21,11 @@ from tart_trio._logcursor import HeldOutput, LinePump, cursor_path, load_cursor,
 from tart_trio._state import DriverState
 
 log = logging.getLogger("logs")
+RETRY_MIN: Final = 0.5
 RETRY_MAX: Final = 10.0
+#: Exit codes of a shell that could not run the command at all (126: not executable,
+#: 127: not found): running it again cannot help.
+NOT_RUNNABLE: Final = (126, 127)
 REPLAY_LIMIT: Final = 64 << 20
 REPLAY_HOLD_LIMIT: Final = 16 << 20
 
@@ -40,15 +44,17 @@ async def pump_logs(
         host_key=state.host_key,
     )
     cursor_file = cursor_path(state.runtime_dir)
-    delay = 0.5
+    delay = RETRY_MIN
+    reported: int | None = None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(flush_when_writable, writer)
             while True:
+                began = trio.current_time()
+                status: int | None = None
                 try:
                     async with _guest.open_guest(address) as guest:
-                        delay = 0.5
-                        await _stream(guest, command, writer, cursor_file)
+                        status = await _stream(guest, command, writer, cursor_file)
                 except _guest.HostKeyMismatch as exc:
                     emit(f"Log streaming stopped: {exc}", {"vm": state.vm_name})
                     nursery.cancel_scope.cancel()
@@ -57,6 +63,24 @@ async def pump_logs(
                     log.debug(
                         "log stream unavailable", extra={"vm": state.vm_name, "error": str(exc)}
                     )
+                if status in NOT_RUNNABLE:
+                    emit(
+                        f"Log streaming stopped: log_command {command[0]!r} cannot run in the "
+                        f"guest (exit code {status}). Set log_command in the task's config, "
+                        'e.g. ["journalctl", "--follow"] for Linux guests',
+                        {"vm": state.vm_name, "exit_code": str(status)},
+                    )
+                    nursery.cancel_scope.cancel()
+                    return
+                if status is not None and status != reported:
+                    reported = status
+                    emit(
+                        f"log_command {command[0]!r} exited with code {status} in the guest; "
+                        "running it again",
+                        {"vm": state.vm_name, "exit_code": str(status)},
+                    )
+                if trio.current_time() - began >= RETRY_MAX:
+                    delay = RETRY_MIN  # it ran a while: come back quickly after a reboot
                 await trio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
     finally:
@@ -65,24 +89,30 @@ async def pump_logs(
 
 async def _stream(
     guest: _guest.Guest, command: Sequence[str], writer: FifoWriter, cursor_file: Path
-) -> None:
+) -> int:
+    """Stream until ``command`` ends; its exit status."""
     cursor = load_cursor(cursor_file)
     replay = resume_command(command, cursor) if cursor is not None else None
     pump = LinePump(writer.write, cursor_file, skipping_untimed=replay is not None)
     try:
         if replay is None:
-            await guest.stream(command, pump.feed)
-            return
+            return await guest.stream(command, pump.feed)
         live = HeldOutput(pump.feed, REPLAY_HOLD_LIMIT)
         running = trio.Event()
+        ended: list[int] = []
+
+        async def stream_live() -> None:
+            ended.append(await guest.stream(command, live.feed, running.set))
+
         with single_errors():
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(guest.stream, command, live.feed, running.set)
+                nursery.start_soon(stream_live)
                 await running.wait()  # the live stream runs before the replay is taken
                 replayed = await guest.run(replay, max_output=REPLAY_LIMIT)
                 pump.feed(replayed.stdout)
                 pump.end_of_replay()
                 live.release()
+        return ended[0]
     finally:
         pump.close()
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.conformance.conftest import EXAMPLES, launch_args, plugin_log
+from tests.conformance.conftest import EXAMPLES, launch_args, plugin_log, until
 from tests.conformance.nomadsim import NomadSim, NomadSimError, SimStream
 from tests.faketart.fixtures import LINUX_IMAGE, MACOS_IMAGE, FakeTart, needs_guest_reason
 
@@ -335,6 +335,31 @@ async def test_a_task_restarted_after_its_vm_ended_gets_a_fresh_clone(
     assert fake_tart.ssh(ip, "test -e ~/left-by-the-first-run").returncode == 1
     assert len(fake_tart.calls_of("clone")) == 2
     await stop_and_destroy(sim, fake_tart, second)
+
+
+async def test_a_log_command_missing_in_the_guest_is_reported_once_not_retried(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    await launch(sim, fake_tart, tmp_path)
+    events: list[dict[str, Any]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collect, await sim.open_stream("task_events"), events)
+        started = await start(sim, _variant('log_command = ["/usr/bin/no-such-log"]'))
+        vm = f"nomad-{started['task_config']['alloc_id']}"
+        console = fake_tart.vm_dir(vm) / ".faketart" / "console.log"
+
+        def stopped() -> list[str]:
+            return [e["message"] for e in events if e["message"].startswith("Log streaming")]
+
+        await until(stopped)
+        logins = console.read_text(errors="replace").count("Accepted password")
+        await trio.sleep(3)  # a window in which a retrying pump would log in again and again
+        assert console.read_text(errors="replace").count("Accepted password") == logins
+        nursery.cancel_scope.cancel()
+    (message,) = stopped()
+    assert "'/usr/bin/no-such-log' cannot run in the guest (exit code 127)" in message
+    assert "journalctl" in message
+    await stop_and_destroy(sim, fake_tart, started)
 
 
 async def test_a_vm_left_over_under_the_tasks_name_is_removed_not_cloned_over(

@@ -131,6 +131,7 @@ EXPECTED: dict[str, TaskConfig] = {
         ssh_user="admin",
         ssh_password="admin",
         network=Network(mode="shared"),
+        log_command=("sudo", "journalctl", "--follow", "--output", "short-iso"),
     ),
     "root-disk.nomad.hcl": TaskConfig(
         **_BASE,
