@@ -115,9 +115,12 @@ def _holders_lsof(paths: set[str]) -> dict[str, set[int]]:
 #: instead of N. (A sampler never gets the scan it already had: CPU percentages are
 #: computed between the scans' own times.)
 SHARED_SCAN_SECONDS: Final = 0.9
-#: Which processes hold a VM's disk changes only when the VM starts or stops; the walk
-#: over every process's open files is redone at most this often, or for a new disk.
+#: Which processes hold a VM's disk changes only when the VM starts or stops, and finding
+#: them means looking at every process's open files (``lsof`` on macOS, which is slow).
+#: The search is redone for a new disk; every HOLDERS_SECONDS while a disk has no holder
+#: yet or one of its holders has exited; and otherwise every HOLDERS_REFRESH_SECONDS.
 HOLDERS_SECONDS: Final = 5.0
+HOLDERS_REFRESH_SECONDS: Final = 60.0
 _DISK_INTEREST_SECONDS: Final = 10.0
 
 
@@ -189,13 +192,23 @@ class _SharedScans:
                 scan = self._last
                 linux = sys.platform.startswith("linux")
                 table = _linux_table() if linux else _ps_table()
-                if scan is None or new_disk or now - self._holders_at > HOLDERS_SECONDS:
+                if scan is None or new_disk or self._holders_stale(scan.holders, table, now):
                     holders = _disk_holders(set(self._disks), linux)
                     self._holders_at = now
                 else:
                     holders = scan.holders
                 scan = self._last = _Scan(time.monotonic(), table, holders)
             return scan
+
+    def _holders_stale(self, holders: dict[str, set[int]], table: ProcTable, now: float) -> bool:
+        elapsed = now - self._holders_at
+        if elapsed > HOLDERS_REFRESH_SECONDS:
+            return True
+        if elapsed <= HOLDERS_SECONDS:
+            return False
+        return any(
+            not holders.get(disk) or not holders[disk] <= table.keys() for disk in self._disks
+        )
 
 
 def _disk_holders(disks: set[str], linux: bool) -> dict[str, set[int]]:
