@@ -480,18 +480,6 @@ async def open_process(
     return RemoteProcess(guest, process, sid, early)
 
 
-@asynccontextmanager
-async def start_process(
-    guest: Guest, argv: Sequence[str], *, pty: PtySize | None = None
-) -> AsyncIterator[RemoteProcess]:
-    """:func:`open_process` for a block: leaving it early kills the command in the guest."""
-    remote = await open_process(guest, argv, pty=pty)
-    try:
-        yield remote
-    finally:
-        await remote.close()
-
-
 async def _close_aio(process: Any) -> None:
     process.close()
 
@@ -533,7 +521,9 @@ class SharedGuest:
 
     Script checks run every few seconds; sharing one login spares the guest's sshd a key
     exchange and a login each time. A connection that turns out to be dead (the guest
-    rebooted) is replaced once, before anything ran. The task closes it when its VM ends.
+    rebooted) is replaced before anything runs on it; a live one that will not open another
+    session (sshd's MaxSessions) leaves that session to a connection of its own, as do
+    sessions beyond SHARED_SESSIONS. The task closes it when its VM ends.
     """
 
     def __init__(self) -> None:

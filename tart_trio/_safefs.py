@@ -18,13 +18,34 @@ class UnsafePath(OSError):
     """A path that another user could have planted or redirected."""
 
 
+def _ours_alone(info: os.stat_result) -> bool:
+    return info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def make_private_dir(path: str) -> None:
+    """Create ``path`` (0700), or accept it if it already is a directory of our own alone.
+
+    Anything else in its place (a symlink, a file, another owner's directory) raises
+    UnsafePath; it is never followed or reused.
+    """
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode) or not _ours_alone(info):
+            raise UnsafePath(
+                f"{path} exists but is not the driver's own directory (a symlink, another "
+                "owner, or writable by others); remove it and restart the task"
+            ) from None
+
+
 def open_private_dir(path: str) -> int:
     """An fd of the directory at ``path``: a real directory we own that nobody else writes."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW)
-    info = os.fstat(fd)
-    if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if not _ours_alone(os.fstat(fd)):
         os.close(fd)
-        raise UnsafePath(f"{path} is not a directory of our own (owner {info.st_uid})")
+        raise UnsafePath(f"{path} is not a directory of the driver's own")
     return fd
 
 

@@ -65,10 +65,14 @@ def _ps_table() -> ProcTable:
     return table
 
 
+def _holder_table(paths: set[str]) -> tuple[dict[str, set[int]], dict[str, str]]:
+    """Empty holder sets per path, and each path by its real path (the kernel's name)."""
+    return {path: set() for path in paths}, {os.path.realpath(path): path for path in paths}
+
+
 def _holders_linux(paths: set[str]) -> dict[str, set[int]]:
     """Pids holding each of ``paths`` open: one walk over every process's fds for all."""
-    holders: dict[str, set[int]] = {path: set() for path in paths}
-    wanted = {os.path.realpath(path): path for path in paths}
+    holders, wanted = _holder_table(paths)
     if not paths:
         return holders
     for entry in os.scandir("/proc"):
@@ -91,8 +95,7 @@ def _holders_linux(paths: set[str]) -> dict[str, set[int]]:
 
 def _holders_lsof(paths: set[str]) -> dict[str, set[int]]:
     """Pids holding each of ``paths`` open: one ``lsof`` for all (each run scans every process)."""
-    holders: dict[str, set[int]] = {path: set() for path in paths}
-    wanted = {os.path.realpath(path): path for path in paths}
+    holders, wanted = _holder_table(paths)
     if not paths:
         return holders
     out = subprocess.run(
@@ -166,7 +169,7 @@ class _SharedScans:
 
     def cached(self, disk: str, newer_than: float) -> _Scan | None:
         """The shared scan if it will do, without scanning or waiting (None otherwise)."""
-        if not self._lock.acquire(blocking=False):  # a scan is in progress: it will do
+        if not self._lock.acquire(blocking=False):  # a scan is in progress: wait in a thread
             return None
         try:
             now = time.monotonic()

@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from tart_trio._groups import single_errors
 from tart_trio._logpump import pump_logs
 from tart_trio._model import ExitResult, NomadTask, TaskPhase
 from tart_trio._pulls import Pulls
-from tart_trio._safefs import open_own_file
+from tart_trio._safefs import make_private_dir, open_own_file
 from tart_trio._state import DriverState
 from tart_trio._tart import argv as tart_argv
 from tart_trio._tart import images, vms
@@ -135,7 +134,10 @@ class TaskRunner:
 
     async def _start(self) -> DriverState:
         tart = self.ctx.tart
-        make_private_dir(self.runtime_dir)
+        try:
+            make_private_dir(str(self.runtime_dir))
+        except OSError as exc:
+            raise TartTrioError(str(exc)) from None
         await self._clone(tart)
         await self._configure(tart)
         if await vms.vm_os(tart, self.vm_name) == "darwin":
@@ -523,28 +525,6 @@ def _run_as_args(tart: Tart) -> list[str]:
         return []
     groups = ",".join(str(g) for g in tart.user.groups)
     return ["--uid", str(tart.user.uid), "--gid", str(tart.user.gid), "--groups", groups]
-
-
-def make_private_dir(path: Path) -> None:
-    """The task's runtime directory: ours alone (the task directory is world-writable).
-
-    An existing one must be a real directory that we own and nobody else may write;
-    anything else (a symlink planted by another user) is refused, never followed.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        path.mkdir(mode=0o700)
-    except FileExistsError:
-        info = path.lstat()
-        if (
-            not stat.S_ISDIR(info.st_mode)
-            or info.st_uid != os.geteuid()
-            or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        ):
-            raise TartTrioError(
-                f"{path} exists but is not the driver's own directory (a symlink, another "
-                "owner, or writable by others); remove it and restart the task"
-            ) from None
 
 
 def read_status(path: Path) -> ExitResult | None:
