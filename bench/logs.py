@@ -178,7 +178,7 @@ def asyncssh_alone(ip: str, path: str, alg: str | None) -> dict[str, float]:
 def pump_cpu(data_path: Path) -> float | None:
     """CPU seconds of the plugin's log line pump alone over the data, in 64 KiB chunks."""
     try:
-        from tart_trio._logcursor import LinePump
+        from tart_trio._guest.cursor import LinePump
     except ImportError:
         return None
     data = data_path.read_bytes()
@@ -197,15 +197,17 @@ def pump_cpu(data_path: Path) -> float | None:
 def cursor_save_seconds(scratch: Path) -> float | None:
     """CPU seconds of one save of the log cursor file (the pump saves once per chunk)."""
     try:
-        from tart_trio._logcursor import Cursor, _save_cursor
+        from tart_trio._guest.cursor import Cursor, _CursorFile
     except ImportError:
         return None
     path = scratch / "save.cursor"
     cursor = Cursor("2026-11-27 07:35:31.123456+0000", 1)
+    saver = _CursorFile(path)
     cpu0 = time.thread_time()
     for _ in range(500):
-        _save_cursor(path, cursor)
+        saver.save(cursor)
     took = (time.thread_time() - cpu0) / 500
+    saver.close()
     path.unlink(missing_ok=True)
     return took
 

@@ -357,7 +357,7 @@ class Report:
                 )
         if pump_cpu is not None:
             extra.append(
-                "| the plugin's line pump alone (`_logcursor.LinePump`, in-process) | "
+                "| the plugin's line pump alone (`_guest.cursor.LinePump`, in-process) | "
                 f"{fmt_seconds(pump_cpu)} CPU / 10k lines | plugin total | "
                 f"{fmt_seconds(cpu['median'])} | {pump_cpu / cpu['median']:.0%} of it | — | "
                 "context | — |"
@@ -366,7 +366,8 @@ class Report:
         if save is not None:
             extra.append(
                 "| … of which saving the log cursor file once per 64 KiB chunk "
-                f"(`_logcursor._save_cursor`, {fmt_seconds(r['cursor_save_seconds'])} a call) | "
+                "(`_guest.cursor._CursorFile.save`, "
+                f"{fmt_seconds(r['cursor_save_seconds'])} a call) | "
                 f"{fmt_seconds(save)} CPU / 10k lines | plugin total | "
                 f"{fmt_seconds(cpu['median'])} | {save / cpu['median']:.0%} of it | — | "
                 "context | — |"
@@ -386,7 +387,7 @@ class Report:
                 "**Log throughput.** The plugin is CPU-bound on one thread: "
                 f"{fmt_seconds(cpu['median'])} of CPU per 10k lines at "
                 f"{_rate(plugin['median'])}. asyncssh alone on a plain asyncio loop, with the "
-                "cipher the plugin prefers (`_guest.CIPHERS`: "
+                "cipher the plugin prefers (`_guest.ssh.CIPHERS`: "
                 f"`{same['cipher'] if same else 'aes128-gcm@openssh.com'}`), needs "
                 + (f"{fmt_seconds(same['cpu_per_10k_lines'])}" if same else "a fraction of it")
                 + " per 10k lines; the plugin's line pump (a fixed-size cursor record "
@@ -563,7 +564,7 @@ class Report:
             self.misses.append(
                 f"**Idle CPU at {TARGET_TASKS} tasks.** With nothing asking, the plugin's "
                 "only periodic work per task is the SSH connection of the task's log stream "
-                "(asyncssh `keepalive_interval` = `_guest.KEEPALIVE_SECONDS`, 60 s): "
+                "(asyncssh `keepalive_interval` = `_guest.ssh.KEEPALIVE_SECONDS`, 60 s): "
                 f"{cpu_fit[1]:.4f} % of a core per task here; the fingerprint every 30 s is "
                 "in the intercept. What remains is trio-asyncio's own wakeups for each "
                 "connection."

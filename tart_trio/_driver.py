@@ -10,10 +10,11 @@ from typing import Final
 
 import trio
 
-from tart_trio import _exec, _fingerprint, _stats
+from tart_trio import _fingerprint, _stats
 from tart_trio._config import PluginConfig, decode_plugin_config, decode_task_config
 from tart_trio._errors import TartTrioError, TaskNotFound
 from tart_trio._events import EventBus
+from tart_trio._guest import exec as _exec
 from tart_trio._model import (
     Capabilities,
     ExecOutput,

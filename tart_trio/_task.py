@@ -23,11 +23,12 @@ from typing import Final
 
 import trio
 
-from tart_trio import _guest, _proc
+from tart_trio import _proc
 from tart_trio._config import TaskConfig, network_mode
 from tart_trio._errors import RecoverableError, TartTrioError
 from tart_trio._groups import single_errors
-from tart_trio._logpump import pump_logs
+from tart_trio._guest import session, ssh
+from tart_trio._guest.logs import pump_logs
 from tart_trio._model import ExitResult, NomadTask, TaskPhase
 from tart_trio._pulls import Pulls
 from tart_trio._safefs import make_private_dir, open_own_file
@@ -98,7 +99,7 @@ class TaskRunner:
         self._cloned = False
         self.supervisor: tuple[int, str | None] | None = None
         #: The SSH connection exec sessions share; closed when the VM ends.
-        self.exec_link = _guest.SharedGuest()
+        self.exec_link = session.SharedGuest()
 
     # ---- start -----------------------------------------------------------------------
 
@@ -324,10 +325,10 @@ class TaskRunner:
 
         async def discover(scope: trio.CancelScope) -> None:
             ip = await self._discover_ip(tart)
-            address = _guest.GuestAddress(
+            address = ssh.GuestAddress(
                 host=ip, user=self.config.ssh_user, password=self.config.ssh_password
             )
-            outcome.append((ip, await _guest.wait_for_guest(address)))
+            outcome.append((ip, await ssh.wait_for_guest(address)))
             scope.cancel()
 
         with single_errors():
@@ -460,7 +461,7 @@ class TaskRunner:
             await self.exited.wait()
 
     async def _guest_shutdown(self, state: DriverState) -> None:
-        address = _guest.GuestAddress(
+        address = ssh.GuestAddress(
             host=state.ip,
             user=self.config.ssh_user,
             password=self.config.ssh_password,
@@ -468,9 +469,9 @@ class TaskRunner:
         )
         with trio.move_on_after(SHUTDOWN_SSH_SECONDS):
             try:
-                async with _guest.open_guest(address) as guest:
+                async with ssh.open_guest(address) as guest:
                     await guest.shutdown()
-            except _guest.GuestError as exc:
+            except ssh.GuestError as exc:
                 log.info(
                     "guest shutdown over SSH failed; powering off",
                     extra={"vm": self.vm_name, "error": str(exc)},

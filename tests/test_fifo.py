@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 
 from tart_trio._fifo import FifoWriter
-from tart_trio._logpump import flush_when_writable
+from tart_trio._guest.logs import flush_when_writable
 
 
 async def test_slow_reader_loses_nothing_and_absent_reader_costs_nothing(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tart_trio._logcursor import Cursor, HeldOutput, LinePump, load_cursor, resume_command
+from tart_trio._guest.cursor import Cursor, HeldOutput, LinePump, load_cursor, resume_command
 
 
 def line(second: int, micro: int, seq: int) -> bytes:

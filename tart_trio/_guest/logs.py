@@ -14,10 +14,10 @@ from typing import Final
 
 import trio
 
-from tart_trio import _guest
 from tart_trio._fifo import FifoWriter
 from tart_trio._groups import single_errors
-from tart_trio._logcursor import HeldOutput, LinePump, cursor_path, load_cursor, resume_command
+from tart_trio._guest import ssh
+from tart_trio._guest.cursor import HeldOutput, LinePump, cursor_path, load_cursor, resume_command
 from tart_trio._state import DriverState
 
 log = logging.getLogger("logs")
@@ -37,7 +37,7 @@ async def pump_logs(
 ) -> None:
     """Stream the guest's logs until cancelled (when the VM ends)."""
     writer = FifoWriter(state.stdout_path)
-    address = _guest.GuestAddress(
+    address = ssh.GuestAddress(
         host=state.ip,
         user=state.task_config.ssh_user,
         password=state.task_config.ssh_password,
@@ -53,13 +53,13 @@ async def pump_logs(
                 began = trio.current_time()
                 status: int | None = None
                 try:
-                    async with _guest.open_guest(address) as guest:
+                    async with ssh.open_guest(address) as guest:
                         status = await _stream(guest, command, writer, cursor_file)
-                except _guest.HostKeyMismatch as exc:
+                except ssh.HostKeyMismatch as exc:
                     emit(f"Log streaming stopped: {exc}", {"vm": state.vm_name})
                     nursery.cancel_scope.cancel()
                     return
-                except _guest.GuestError as exc:
+                except ssh.GuestError as exc:
                     log.debug(
                         "log stream unavailable", extra={"vm": state.vm_name, "error": str(exc)}
                     )
@@ -88,7 +88,7 @@ async def pump_logs(
 
 
 async def _stream(
-    guest: _guest.Guest, command: Sequence[str], writer: FifoWriter, cursor_file: Path
+    guest: ssh.Guest, command: Sequence[str], writer: FifoWriter, cursor_file: Path
 ) -> int:
     """Stream until ``command`` ends; its exit status."""
     cursor = load_cursor(cursor_file)

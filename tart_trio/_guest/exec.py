@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
-from tart_trio import _guest
 from tart_trio._errors import TartTrioError
 from tart_trio._groups import single_errors
+from tart_trio._guest import session, ssh
 from tart_trio._model import (
     ExecInput,
     ExecOutput,
@@ -27,7 +27,9 @@ from tart_trio._model import (
     StdinData,
     TerminalResize,
 )
-from tart_trio._task import TaskRunner
+
+if TYPE_CHECKING:
+    from tart_trio._task import TaskRunner
 
 #: ExecTask keeps at most this many bytes of each of stdout and stderr; the rest is read
 #: and dropped (the command is not stopped, and truncation is not an error).
@@ -47,7 +49,7 @@ class TaskNotRunning(TartTrioError):
     """The task has no running VM to exec into."""
 
 
-async def _address(runner: TaskRunner, within: float) -> _guest.GuestAddress:
+async def _address(runner: TaskRunner, within: float) -> ssh.GuestAddress:
     """The guest's SSH address once the task runs (waiting up to ``within`` seconds)."""
     with trio.move_on_after(within):
         while runner.phase == "starting" and not runner.exited.is_set():
@@ -60,7 +62,7 @@ async def _address(runner: TaskRunner, within: float) -> _guest.GuestAddress:
         raise TaskNotRunning(
             f"task {runner.task.id} is still starting: its VM was not up within {within:.0f}s"
         )
-    return _guest.GuestAddress(
+    return ssh.GuestAddress(
         host=state.ip,
         user=runner.config.ssh_user,
         password=runner.config.ssh_password,
@@ -70,8 +72,8 @@ async def _address(runner: TaskRunner, within: float) -> _guest.GuestAddress:
 
 @asynccontextmanager
 async def _session(
-    runner: TaskRunner, within: float, argv: Sequence[str], pty: _guest.PtySize | None = None
-) -> AsyncIterator[_guest.RemoteProcess]:
+    runner: TaskRunner, within: float, argv: Sequence[str], pty: session.PtySize | None = None
+) -> AsyncIterator[session.RemoteProcess]:
     """``argv`` in its own session on the task's shared SSH connection."""
     began = trio.current_time()
     address = await _address(runner, within)
@@ -112,7 +114,7 @@ async def run_command(runner: TaskRunner, argv: Sequence[str], time_limit: float
     limit = time_limit if time_limit > 0 else math.inf
     stdout, stderr = _Capture(OUTPUT_CAP), _Capture(OUTPUT_CAP)
     started = False
-    ended: _guest.RemoteExit | None = None
+    ended: session.RemoteExit | None = None
     with trio.move_on_after(limit):
         async with _session(runner, min(REACH_SECONDS, limit), argv) as process:
             started = True
@@ -126,7 +128,7 @@ async def run_command(runner: TaskRunner, argv: Sequence[str], time_limit: float
         result = ExitResult(exit_code=ended.exit_code, signal=ended.signal)
         return ExecOutput(stdout=stdout.value(), stderr=stderr.value(), result=result)
     if not started:
-        raise _guest.GuestError(
+        raise ssh.GuestError(
             f"the VM of task {runner.task.id} was not reachable over SSH within the exec "
             f"timeout of {time_limit:g}s"
         )
@@ -138,7 +140,7 @@ async def run_command(runner: TaskRunner, argv: Sequence[str], time_limit: float
     )
 
 
-async def _forward_input(process: _guest.RemoteProcess, receive: Receive, tty: bool) -> None:
+async def _forward_input(process: session.RemoteProcess, receive: Receive, tty: bool) -> None:
     """Client input into the session until the client stops sending."""
     stdin_open = True
     while (item := await receive()) is not None:
@@ -146,17 +148,17 @@ async def _forward_input(process: _guest.RemoteProcess, receive: Receive, tty: b
             case StdinData(data=data) if stdin_open and data:
                 try:
                     await process.write(data)
-                except _guest.GuestError:
+                except ssh.GuestError:
                     stdin_open = False  # the command is gone or closed its stdin
             case StdinClose() if stdin_open:
                 stdin_open = False
-                with suppress(_guest.GuestError):
+                with suppress(ssh.GuestError):
                     await process.close_stdin()
             case TerminalResize(width=width, height=height) if tty and width and height:
-                with suppress(_guest.GuestError):
-                    await process.resize(_guest.PtySize(width=width, height=height))
+                with suppress(ssh.GuestError):
+                    await process.resize(session.PtySize(width=width, height=height))
     if stdin_open:
-        with suppress(_guest.GuestError):
+        with suppress(ssh.GuestError):
             await process.close_stdin()
 
 
@@ -175,7 +177,7 @@ async def run_session(
     """
     if not argv:
         raise TartTrioError("exec needs a command")
-    pty = _guest.PtySize() if tty else None
+    pty = session.PtySize() if tty else None
     async with _session(runner, REACH_SECONDS, argv, pty) as process:
         with single_errors():
             async with trio.open_nursery() as nursery:
