@@ -31,13 +31,25 @@ from tart_trio._pulls import Pulls
 from tart_trio._reconcile import run_reconciler
 from tart_trio._recovery import recover_runner
 from tart_trio._state import DriverState, decode_state, encode_state
+from tart_trio._tart import processes
 from tart_trio._tart.cli import Tart, TartNotFound, locate_tart, resolve_user
-from tart_trio._task import TaskContext, TaskRunner
+from tart_trio._task import FORCE_SECONDS, TaskContext, TaskRunner, delete_vm
 from tart_trio._version import __version__
 
 NAME: Final = "tart"
 API_VERSIONS: Final = ("v0.1.0",)
 log = logging.getLogger("driver")
+
+
+def vm_names(alloc_id: str, task_name: str) -> tuple[str, str]:
+    """The two names a task's VM can have: the allocation's, else one with the task's name."""
+    base = f"nomad-{alloc_id}"
+    return base, f"{base}-{task_name}"
+
+
+def owner_of(task: NomadTask) -> str:
+    """How a VM supervisor names the task it works for."""
+    return f"{task.alloc_id}/{task.name}"
 
 
 class Driver:
@@ -156,13 +168,20 @@ class Driver:
 
         return emit
 
-    def _claim_vm_name(self, task: NomadTask) -> str:
-        """``nomad-<alloc_id>``; a second tart task of the allocation adds its task name."""
-        base = f"nomad-{task.alloc_id}"
-        for name in (base, f"{base}-{task.name}"):
-            if name not in self._vm_names:
-                self._vm_names.add(name)
-                return name
+    async def _claim_vm_name(self, task: NomadTask, tart: Tart) -> str:
+        """``nomad-<alloc_id>``; a second tart task of the allocation adds its task name.
+
+        A name no task of ours holds may still be running a sibling task's VM that Nomad
+        has not recovered yet (its supervisor says whose it is): that name is not free.
+        """
+        for name in vm_names(task.alloc_id, task.name):
+            if name in self._vm_names:
+                continue
+            owners = {p.owner for p in await processes.find(name, tart.path)}
+            if owners - {None, owner_of(task)} or name in self._vm_names:
+                continue
+            self._vm_names.add(name)
+            return name
         raise TartTrioError(f"a VM for task {task.name!r} of {task.alloc_id} already runs")
 
     async def start_task(self, task: NomadTask, msgpack_config: bytes) -> tuple[bytes, str]:
@@ -176,7 +195,7 @@ class Driver:
         ctx = self._context()
         secrets = os.path.join(task.alloc_dir, task.name, "secrets")
         share_with_tart_user(config, secrets, ctx.tart.user)
-        vm_name = self._claim_vm_name(task)
+        vm_name = await self._claim_vm_name(task, ctx.tart)
         emit = self._emitter(task)
         emit(f"Starting VM {vm_name} from {config.url}", {"vm": vm_name})
         if task.user:
@@ -241,12 +260,45 @@ class Driver:
         """Stop if needed, delete the VM bundle, forget the task. Idempotent."""
         runner = self._tasks.get(task_id)
         if runner is None:
+            if force:
+                await self._destroy_unknown(task_id)
             return
         if runner.phase != "exited" and not force:
             raise TartTrioError(f"task {task_id} is still running; stop it or use force")
         await runner.destroy()
         self._tasks.pop(task_id, None)
         self._vm_names.discard(runner.vm_name)
+
+    async def _destroy_unknown(self, task_id: str) -> None:
+        """DestroyTask(force) of a task this plugin does not know: remove its VM now.
+
+        Nomad does this after a RecoverTask failed (the VM's supervisor is gone, say, after
+        a host reboot). The task ID names the allocation and the task, so the VM is found
+        without waiting for the orphan reconciler's grace period; a VM another task of
+        ours holds, or whose running supervisor works for another task, is left alone.
+        """
+        parts = task_id.split("/")
+        if len(parts) < 2 or not parts[0] or not parts[1]:
+            return
+        task = NomadTask(id=task_id, alloc_id=parts[0], name=parts[1], alloc_dir="")
+        tart = self._tart()
+        for name in reversed(vm_names(task.alloc_id, task.name)):
+            if name in self._vm_names or not await trio.Path(tart.vm_dir(name)).exists():
+                continue
+            left = await processes.find(name, tart.path)
+            if {p.owner for p in left} - {None, owner_of(task)}:
+                continue
+            self._vm_names.add(name)
+            try:
+                log.info(
+                    "removing the VM of a task that could not be recovered",
+                    extra={"vm": name, "task_id": task_id},
+                )
+                await processes.end(left, FORCE_SECONDS)
+                await delete_vm(tart, name)
+            finally:
+                self._vm_names.discard(name)
+            return
 
     def inspect_task(self, task_id: str) -> TaskStatus:
         """The task's state, timestamps, result and attributes (VM name, IP)."""

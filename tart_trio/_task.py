@@ -34,7 +34,7 @@ from tart_trio._pulls import Pulls
 from tart_trio._safefs import make_private_dir, open_own_file
 from tart_trio._state import DriverState
 from tart_trio._tart import argv as tart_argv
-from tart_trio._tart import images, vms
+from tart_trio._tart import images, processes, vms
 from tart_trio._tart.cli import Tart, TartCommandError
 
 log = logging.getLogger("task")
@@ -47,6 +47,8 @@ PROGRESS_EVERY: Final = 10.0
 CLONE_ATTEMPTS: Final = 3
 GRACEFUL_SIGNALS: Final = frozenset({"", "SIGINT", "SIGTERM", "SIGQUIT", "INT", "TERM", "QUIT"})
 POWER_OFF_SIGNALS: Final = frozenset({"SIGKILL", "KILL"})
+#: Runtime files an earlier run of the task may have left (a new run starts without them).
+STALE_RUNTIME_FILES: Final = ("status.json", "tart-run.pid", "tart-run.log", "log.cursor")
 
 
 class TaskStopped(TartTrioError):
@@ -139,6 +141,7 @@ class TaskRunner:
             make_private_dir(str(self.runtime_dir))
         except OSError as exc:
             raise TartTrioError(str(exc)) from None
+        await self._clear_earlier_attempt(tart)
         await self._clone(tart)
         await self._configure(tart)
         if await vms.vm_os(tart, self.vm_name) == "darwin":
@@ -184,12 +187,30 @@ class TaskRunner:
         host = self.config.url.split("/", 1)[0]
         return {**env, "TART_REGISTRY_HOSTNAME": host}
 
-    async def _clone(self, tart: Tart) -> None:
-        url = self.config.url
+    async def _clear_earlier_attempt(self, tart: Tart) -> None:
+        """End what an earlier run of this task left running, then remove its leftovers.
+
+        No task of ours owns this name (it was free in the task table), so anything acting
+        on it belongs to an earlier run of this task: typically a start that Nomad cut
+        short by killing the plugin, which leaves its `tart clone`, `tart set` or VM
+        supervisor running. They are ended first, so that none of them can write into the
+        new VM or its runtime files later; then the VM is deleted, because `tart clone`
+        would overwrite it silently, even while its `tart run` still runs.
+        """
+        left = await processes.find(self.vm_name, tart.path)
+        if left:
+            self._emit(
+                f"Ending what an earlier run of this task left running for VM {self.vm_name}: "
+                + ", ".join(_describe(p) for p in left),
+                {"vm": self.vm_name},
+            )
+            survivors = await processes.end(left, FORCE_SECONDS)
+            if survivors:
+                raise TartTrioError(
+                    f"processes of an earlier run of VM {self.vm_name} did not end: "
+                    + ", ".join(f"pid {p.pid}" for p in survivors)
+                )
         if await self._bundle_exists(tart):
-            # No task of ours owns this name (it was free in the task table), so the VM is
-            # a leftover of an earlier run of this task. `tart clone` would overwrite it
-            # silently, even while its `tart run` still runs: stop and delete it first.
             self._emit(
                 f"Removing VM {self.vm_name} left over from an earlier run of this task",
                 {"vm": self.vm_name},
@@ -200,6 +221,11 @@ class TaskRunner:
                     f"VM {self.vm_name} is left over from an earlier run of this task and "
                     f"could not be removed; remove it with `tart delete {self.vm_name}`"
                 )
+        for stale in STALE_RUNTIME_FILES:
+            (self.runtime_dir / stale).unlink(missing_ok=True)
+
+    async def _clone(self, tart: Tart) -> None:
+        url = self.config.url
         if images.is_remote(url):
             with trio.fail_after(TART_CALL_SECONDS):
                 cached = images.canonical(url) in await images.cached_names(tart)
@@ -279,8 +305,6 @@ class TaskRunner:
             )
 
     async def _launch(self, tart: Tart) -> tuple[int, str | None]:
-        for stale in ("status.json", "tart-run.pid"):
-            (self.runtime_dir / stale).unlink(missing_ok=True)
         secrets = str(Path(self.task.alloc_dir) / self.task.name / "secrets")
         run = [tart.path, *tart_argv.run_argv(self.vm_name, self.config, secrets)]
         command = [
@@ -295,6 +319,7 @@ class TaskRunner:
             str(self.runtime_dir / "tart-run.log"),
             "--stderr-fifo",
             self.task.stderr_path or os.devnull,
+            *processes.owner_argument(self.task.alloc_id, self.task.name),
             *_run_as_args(tart),
             "--",
             *run,
@@ -478,11 +503,7 @@ class TaskRunner:
                 )
 
     async def _tart_stop(self, grace: float) -> None:
-        with trio.move_on_after(TART_CALL_SECONDS):
-            try:
-                await self.ctx.tart.run("stop", self.vm_name, "--timeout", str(max(int(grace), 0)))
-            except TartCommandError as exc:
-                log.debug("tart stop", extra={"vm": self.vm_name, "error": str(exc)})
+        await tart_stop(self.ctx.tart, self.vm_name, grace)
 
     async def _force_down(self) -> None:
         """SIGTERM the supervisor (it SIGKILLs ``tart run``) and wait for it to end."""
@@ -494,17 +515,7 @@ class TaskRunner:
             await _proc.wait_exit(pid, token)
 
     async def _delete_vm(self) -> None:
-        for _ in range(3):
-            try:
-                with trio.fail_after(TART_CALL_SECONDS):
-                    await self.ctx.tart.run("delete", self.vm_name)
-                return
-            except TartCommandError as exc:
-                if exc.returncode == 2:  # does not exist
-                    return
-                await self._tart_stop(0)
-            except trio.TooSlowError:
-                return
+        await delete_vm(self.ctx.tart, self.vm_name)
 
     async def destroy(self) -> None:
         """Stop if needed, delete the VM bundle and the runtime files."""
@@ -513,6 +524,39 @@ class TaskRunner:
         self._scope.cancel()
         await self._delete_vm()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+async def tart_stop(tart: Tart, vm_name: str, grace: float) -> None:
+    """``tart stop`` (a power-off after ``grace`` seconds); a VM that is not running is fine."""
+    with trio.move_on_after(TART_CALL_SECONDS):
+        try:
+            await tart.run("stop", vm_name, "--timeout", str(max(int(grace), 0)))
+        except TartCommandError as exc:
+            log.debug("tart stop", extra={"vm": vm_name, "error": str(exc)})
+
+
+async def delete_vm(tart: Tart, vm_name: str) -> None:
+    """``tart delete``, powering the VM off first if it runs; a missing VM is fine."""
+    for _ in range(3):
+        try:
+            with trio.fail_after(TART_CALL_SECONDS):
+                await tart.run("delete", vm_name)
+            return
+        except TartCommandError as exc:
+            if exc.returncode == 2:  # does not exist
+                return
+            await tart_stop(tart, vm_name, 0)
+        except trio.TooSlowError:
+            return
+
+
+def _describe(process: processes.VMProcess) -> str:
+    """``tart clone (pid 123)``, ``the VM supervisor (pid 124)``."""
+    if process.owner is not None:
+        return f"the VM supervisor (pid {process.pid})"
+    words = [os.path.basename(a) for a in process.argv]
+    at = words.index("tart") if "tart" in words else 0
+    return f"{' '.join(words[at : at + 2])} (pid {process.pid})"
 
 
 def _clone_race(exc: TartCommandError) -> bool:

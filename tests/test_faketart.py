@@ -6,6 +6,7 @@ lock semantics, the macOS VM limit, failure knobs, and real SSH guests.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -397,6 +398,47 @@ def test_clone_failure_knob(fake_tart: FakeTart):
     )
 
 
+def test_clone_holds_the_tart_home_lock_while_it_copies(fake_tart: FakeTart):
+    """Clone.swift: the copy and the move into vms/ happen under the $TART_HOME flock; a
+    clone that is killed (no SIGTERM handler) leaves no VM and releases the lock."""
+    fake_tart.tart("pull", LINUX_IMAGE)
+    fake_tart.set_knobs("slow-*", clone_seconds=30)
+
+    def locked() -> bool:
+        fd = os.open(fake_tart.home, os.O_RDONLY)
+        try:
+            return _flock_held(fd)
+        finally:
+            os.close(fd)
+
+    slow = subprocess.Popen(
+        [str(fake_tart.tart_path), "clone", LINUX_IMAGE, "slow-1"],
+        env=fake_tart.env(),
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not locked():
+            assert slow.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        other = subprocess.Popen(
+            [str(fake_tart.tart_path), "clone", LINUX_IMAGE, "quick"],
+            env=fake_tart.env(),
+            stdin=subprocess.DEVNULL,
+        )
+        with pytest.raises(subprocess.TimeoutExpired):
+            other.wait(timeout=0.5)  # waits for the lock
+        slow.terminate()
+        assert slow.wait(timeout=10) == -signal.SIGTERM
+        assert other.wait(timeout=20) == 0
+    finally:
+        slow.kill()
+        slow.wait()
+    assert not fake_tart.vm_dir("slow-1").exists()
+    assert fake_tart.vm_dir("quick").is_dir()
+
+
 def test_login_logout(fake_tart: FakeTart):
     fake_tart.set_host("registry.acme.test", credentials={"username": "u", "password": "p4ss"})
     ref = fake_tart.add_image("registry.acme.test/team/img", os="linux")
@@ -735,6 +777,37 @@ def test_run_lock_stop_and_states(fake_tart: FakeTart):
     r = fake_tart.tart("stop", "vm")
     assert (r.returncode, r.stderr) == (2, 'VM "vm" is not running\n')
     assert fake_tart.tart("delete", "vm").returncode == 0
+
+
+def test_run_builds_the_vm_before_it_takes_the_vm_lock(fake_tart: FakeTart):
+    """Run.swift: $TART_HOME is locked while the VM is built; only then is the VM locked
+    (running), and a `tart delete` in between finds a stopped VM."""
+    fake_tart.make_vm("vm")
+    fake_tart.set_knobs("vm", init_seconds=30)
+    vm = fake_tart.run_vm("vm", env=fake_tart.env(FAKETART_GUEST="none"))
+    try:
+        home_lock = os.open(fake_tart.home, os.O_RDONLY)
+        try:
+            wait_for(
+                lambda: _flock_held(home_lock), what="tart run to lock $TART_HOME while it builds"
+            )
+        finally:
+            os.close(home_lock)
+        assert fake_tart.running_vms() == {}
+        rows = json.loads(fake_tart.tart("list", "--format", "json").stdout)
+        assert rows[0]["State"] == "stopped"
+    finally:
+        vm.kill()
+        vm.wait(10)
+
+
+def _flock_held(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
 
 
 @needs_guest

@@ -90,6 +90,8 @@ def cmd_clone(o: dict) -> int:
                 p = os.path.join(source.path, fname)
                 if os.path.exists(p):
                     sparse_copy(p, os.path.join(stage.path, fname))
+            if k.get("clone_seconds"):  # a copy that takes time (no APFS clonefile, slow disk)
+                time.sleep(float(k["clone_seconds"]))
             os.makedirs(os.path.join(stage.path, storage.FAKE_DIR), exist_ok=True)
             write_json_atomic(
                 os.path.join(stage.path, storage.FAKE_DIR, "image.json"),

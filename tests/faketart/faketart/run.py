@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 from . import knobs as _knobs
 from . import storage
@@ -373,9 +374,6 @@ def cmd_run(o: dict) -> int:
                 cfg["macAddress"] = storage.random_mac()
                 vm.write_config(cfg)
                 break
-        lock_fd = try_write_lock(vm.config_path)
-        if lock_fd is None:
-            raise RuntimeErr(f'VM "{name}" is already running!', 2)
         restoring = os.path.exists(vm.state_path)
         if restoring:
             o["suspendable"] = True
@@ -398,6 +396,13 @@ def cmd_run(o: dict) -> int:
             if softnet is None:
                 raise SwiftErr('InitializationFailed(why: "softnet not found in PATH")')
         k = vm.knobs(home)
+        # Run.swift builds the whole VM (devices, networks, shares) before it takes the
+        # VM's lock: until then the VM reads as stopped, and only $TART_HOME is locked.
+        if k.get("init_seconds"):
+            time.sleep(float(k["init_seconds"]))
+        lock_fd = try_write_lock(vm.config_path)
+        if lock_fd is None:
+            raise RuntimeErr(f'VM "{name}" is already running!', 2)
         fail = _knobs.failure(k.get("start_failure"), _knobs.DEFAULT_START_FAILURE)
         if fail:
             raise Verbatim(*fail)
