@@ -27,7 +27,7 @@ from tart_trio import _proc
 from tart_trio._config import TaskConfig, network_mode
 from tart_trio._errors import RecoverableError, TartTrioError
 from tart_trio._groups import single_errors
-from tart_trio._guest import session, ssh
+from tart_trio._guest import disk, session, ssh
 from tart_trio._guest.logs import pump_logs
 from tart_trio._model import ExitResult, NomadTask, TaskPhase
 from tart_trio._pulls import Pulls
@@ -43,6 +43,8 @@ VM_LIMIT_TEXT: Final = "exceeds the system limit"
 TART_CALL_SECONDS: Final = 120.0
 FORCE_SECONDS: Final = 15.0
 SHUTDOWN_SSH_SECONDS: Final = 5.0
+#: How long growing a macOS guest's APFS container may take (repairDisk, resizeContainer).
+GROW_DISK_SECONDS: Final = 300.0
 PROGRESS_EVERY: Final = 10.0
 CLONE_ATTEMPTS: Final = 3
 GRACEFUL_SIGNALS: Final = frozenset({"", "SIGINT", "SIGTERM", "SIGQUIT", "INT", "TERM", "QUIT"})
@@ -144,7 +146,8 @@ class TaskRunner:
         await self._clear_earlier_attempt(tart)
         await self._clone(tart)
         await self._configure(tart)
-        if await vms.vm_os(tart, self.vm_name) == "darwin":
+        darwin = await vms.vm_os(tart, self.vm_name) == "darwin"
+        if darwin:
             # Apple's limit: one macOS VM at a time between the slot check and tart run.
             async with self.ctx.launch_lock:
                 await self._check_macos_slots(tart)
@@ -160,6 +163,15 @@ class TaskRunner:
                 f"{self.ctx.boot_timeout:.0f}s (boot_timeout)"
             )
         self._emit(f"VM reachable at {ip}", {"vm": self.vm_name, "ip": ip})
+        if darwin and self.config.disk_size > 0:
+            await self._grow_guest_disk(
+                ssh.GuestAddress(
+                    host=ip,
+                    user=self.config.ssh_user,
+                    password=self.config.ssh_password,
+                    host_key=host_key,
+                )
+            )
         return DriverState(
             vm_name=self.vm_name,
             task_config=self.config,
@@ -174,6 +186,27 @@ class TaskRunner:
             host_key=host_key,
             stdout_path=self.task.stdout_path,
             stderr_path=self.task.stderr_path,
+        )
+
+    async def _grow_guest_disk(self, address: ssh.GuestAddress) -> None:
+        """Let macOS use what ``disk_size`` added; a failure is reported, never fatal."""
+        problem = ""
+        with trio.move_on_after(GROW_DISK_SECONDS) as bounded:
+            try:
+                async with ssh.open_guest(address) as guest:
+                    grown = await disk.grow_system_container(guest, address.password)
+            except ssh.GuestError as exc:
+                problem = str(exc)
+            else:
+                if grown is not None:
+                    self._emit(grown.message, {"vm": self.vm_name})
+                return
+        if bounded.cancelled_caught:
+            problem = f"it did not finish within {GROW_DISK_SECONDS:.0f}s"
+        self._emit(
+            f"Could not grow the guest's system container to the VM's disk_size: {problem}; "
+            "the VM runs with the space its image had",
+            {"vm": self.vm_name},
         )
 
     def _credentials(self) -> dict[str, str]:

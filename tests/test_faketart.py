@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import plistlib
 import re
 import select
 import signal
@@ -777,6 +778,44 @@ def test_run_lock_stop_and_states(fake_tart: FakeTart):
     r = fake_tart.tart("stop", "vm")
     assert (r.returncode, r.stderr) == (2, 'VM "vm" is not running\n')
     assert fake_tart.tart("delete", "vm").returncode == 0
+
+
+@needs_guest
+def test_macos_guest_grows_its_apfs_container_into_a_grown_disk(fake_tart: FakeTart):
+    """`tart set --disk-size` grows only the disk file; `diskutil apfs resizeContainer`
+    in the guest claims the space, unless a recovery container follows (vanilla images)."""
+    fake_tart.make_vm("base")
+    fake_tart.make_vm("vanilla", "ghcr.io/cirruslabs/macos-sequoia-vanilla:latest")
+    for name in ("base", "vanilla"):
+        assert fake_tart.tart("set", name, "--disk-size", "60").returncode == 0
+
+    def partitions(ip: str) -> dict[str, int]:
+        out = fake_tart.ssh(ip, "diskutil list -plist physical")
+        (disk,) = plistlib.loads(out.stdout.encode())["AllDisksAndPartitions"]
+        assert disk["Size"] == 60_000_000_000
+        return {p["DeviceIdentifier"]: p["Size"] for p in disk["Partitions"]}
+
+    vm, ip = fake_tart.start_vm("base")
+    before = partitions(ip)
+    assert before["disk0s2"] == 50_000_000_000 - 524_288_000  # the image's size
+    refused = fake_tart.ssh(ip, "diskutil apfs resizeContainer disk0s2 0")
+    assert refused.returncode == 1 and "root" in refused.stderr
+    repaired = fake_tart.ssh(ip, "yes | sudo diskutil repairDisk disk0")
+    assert repaired.returncode == 0 and "Finished partition map repair" in repaired.stdout
+    grown = fake_tart.ssh(ip, "sudo diskutil apfs resizeContainer disk0s2 0")
+    assert grown.returncode == 0, grown.stderr
+    assert partitions(ip)["disk0s2"] == 60_000_000_000 - 524_288_000
+    vm.signal(signal.SIGINT)
+    vm.wait(10)
+    vm, ip = fake_tart.start_vm("base")  # the partition table is on the disk: it persists
+    assert partitions(ip)["disk0s2"] == 60_000_000_000 - 524_288_000
+    vm.signal(signal.SIGINT)
+    vm.wait(10)
+
+    vm, ip = fake_tart.start_vm("vanilla")
+    blocked = fake_tart.ssh(ip, "sudo diskutil apfs resizeContainer disk0s2 0")
+    assert blocked.returncode == 1 and "-69519" in blocked.stderr
+    assert set(partitions(ip)) == {"disk0s1", "disk0s2", "disk0s3"}
 
 
 def test_run_builds_the_vm_before_it_takes_the_vm_lock(fake_tart: FakeTart):

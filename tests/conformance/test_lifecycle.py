@@ -144,8 +144,34 @@ async def test_seed_job_runs_logs_stops_and_is_destroyed(
     assert any(m.startswith(f"Downloaded image {MACOS_IMAGE}") for m in messages)
     assert any(m == f"VM {vm} started" for m in messages)
     assert any(m.startswith("VM reachable at 127.") for m in messages)
+    assert "Grew the guest's system container disk0s2 from 49.5 GB to 59.5 GB" in " ".join(
+        messages
+    ), "disk_size = 60 reached macOS"
     assert any(m.startswith("The task's user 'bob' is not used") for m in messages)
     assert all(e["alloc_id"] == alloc_id and e["task_name"] == "vm" for e in events)
+
+
+async def test_disk_size_that_macos_cannot_use_is_reported_and_the_task_runs(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    await launch(sim, fake_tart, tmp_path)
+    events: list[dict[str, Any]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collect, await sim.open_stream("task_events"), events)
+        vanilla = _variant("disk_size = 60").replace(
+            LINUX_IMAGE, "ghcr.io/cirruslabs/macos-sequoia-vanilla:latest"
+        )
+        started = await start(sim, vanilla)
+        linux = await start(sim, _variant("disk_size = 30"))
+        nursery.cancel_scope.cancel()
+    messages = [e["message"] for e in events if e["task_name"] == "vm"]
+    (reported,) = [m for m in messages if "macOS cannot use" in m]
+    assert "disk0s3 (Apple_APFS_Recovery) follows the system container disk0s2" in reported
+    assert not any("Grew" in m or "Could not grow" in m for m in messages)
+    assert (await sim.call("inspect_task", task_id=started["task_id"]))["task"]["state"] == (
+        "RUNNING"
+    )
+    await stop_and_destroy(sim, fake_tart, started, linux)
 
 
 def _variant(config: str) -> str:

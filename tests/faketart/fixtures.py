@@ -38,6 +38,7 @@ DEFAULT_IMAGES: dict[str, dict[str, Any]] = {
         "os": "darwin",
         "mac": "7e:3a:51:00:00:03",
         "guest_agent": False,
+        "recovery_partition": True,
     },
     "ghcr.io/cirruslabs/ubuntu:latest": {"os": "linux", "mac": "7e:3a:51:00:00:11"},
     "ghcr.io/cirruslabs/debian:latest": {"os": "linux", "mac": "7e:3a:51:00:00:12"},
@@ -349,7 +350,9 @@ class FakeTart:
             cfg["macAddress"] = storage.random_mac()
         disk = int(entry.get("disk", 50 if entry.get("os", "darwin") == "darwin" else 20))
         path = self.home / "vms" / name
-        storage.write_bundle(str(path), cfg, disk, None)
+        storage.write_bundle(
+            str(path), cfg, disk, None, recovery_partition=bool(entry.get("recovery_partition"))
+        )
         (path / ".faketart").mkdir(exist_ok=True)
         (path / ".faketart" / "image.json").write_text(
             json.dumps(

@@ -104,6 +104,9 @@ def cmd_clone(o: dict) -> int:
                     "knobs": meta.get("knobs") or {},
                 },
             )
+            table = storage.read_partitions(source.path)
+            if table is not None:  # the guest's disk: its partitions come along
+                storage.write_partitions(stage.path, table)
             staged = storage.VMDir(stage.path)
             cfg = staged.read_config()
             suspended = os.path.exists(staged.state_path)

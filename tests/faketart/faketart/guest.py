@@ -38,13 +38,14 @@ import sys
 import time
 import traceback
 
-from . import guest_tools, linuxsys
+from . import guest_tools, linuxsys, storage
 from . import knobs as _knobs
 
 SHARES_ROOT = "/Volumes/My Shared Files"
 DEFAULT_TAG = "com.apple.virtio-fs.automount"
 CONTROL_FIFO = "/run/faketart/control"
 GUEST_LOG = "/var/log/faketart/unified.log"
+DISK_STATE = "/var/db/faketart/disk.json"  # read by the guest's `diskutil`
 
 HEARTBEAT_PROCS = (
     ("kernel", 0, "(AppleSMC) heartbeat"),
@@ -180,6 +181,33 @@ class Guest:
             raise OSError(f"guest path {p!r} escapes the guest root")
         return real
 
+    # -- the disk as `diskutil` sees it (macOS guests) ----------------------
+    def disk_state(self) -> dict | None:
+        """The disk's size (the disk file as `tart run` found it) and partition table."""
+        table = storage.read_partitions(self.vm_dir)
+        if table is None:
+            return None
+        size = os.stat(os.path.join(self.vm_dir, "disk.img")).st_size
+        return {"disk": "disk0", "size": size, "partitions": table}
+
+    def resize_container(self, part: str) -> None:
+        """`diskutil apfs resizeContainer PART 0`: grow into the free space right after it."""
+        disk = self.disk_state()
+        if disk is None:
+            return
+        table = disk["partitions"]
+        at = [p["id"] for p in table].index(part)
+        if at != len(table) - 1:
+            return  # another partition follows: nothing to grow into (diskutil reports it)
+        table[at]["size"] = disk["size"] - sum(p["size"] for p in table[:at])
+        storage.write_partitions(self.vm_dir, table)
+        tmp = self.gpath(DISK_STATE) + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({**disk, "partitions": table}, f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, self.gpath(DISK_STATE))
+        self.log.event(f"APFS container {part} resized to {table[at]['size']} bytes", "apfsd", 97)
+
     # -- root filesystem --------------------------------------------------
     def build_root(self) -> None:
         linuxsys.unshare(linuxsys.CLONE_NEWNS)
@@ -281,6 +309,9 @@ class Guest:
             ).encode(),
             0o644,
         )
+        disk = self.disk_state()
+        if disk is not None:
+            files[DISK_STATE] = (json.dumps(disk).encode(), 0o644)
         for path, body in guest_tools.load(s["guest_python"]).items():
             files[path] = (body, 0o755)
         dirs = [
@@ -539,6 +570,10 @@ class Guest:
             self.addr = arg
             self.start_sshd()
             self.say(f"ip-changed {arg}")
+            return True
+        if word == "resize-container" and self.ns:
+            with contextlib.suppress(OSError, ValueError):
+                self.resize_container(arg)
             return True
         if word == "mount" and self.ns:
             tag, _, gdir = arg.partition(" ")

@@ -25,6 +25,7 @@ INSTALL = {
     "/sbin/poweroff": "shutdown",
     "/sbin/reboot": "shutdown",
     "/usr/local/bin/mount_virtiofs": "mount_virtiofs",
+    "/usr/sbin/diskutil": "diskutil",
 }
 
 

@@ -289,6 +289,7 @@ def pull(home: str, rn: RemoteName, *, first_line: bool) -> storage.VMDir:
                 storage.make_config(entry),
                 int(entry.get("disk", 50 if entry.get("os", "darwin") == "darwin" else 20)),
                 meta,
+                recovery_partition=bool(entry.get("recovery_partition", False)),
             )
             manifest = {
                 "schemaVersion": 2,

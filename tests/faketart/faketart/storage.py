@@ -242,20 +242,61 @@ def list_local(home: str) -> list[VMDir]:
     return out
 
 
-def write_bundle(dst: str, cfg: dict, disk_gb: int, meta: dict | None) -> VMDir:
+def write_bundle(
+    dst: str, cfg: dict, disk_gb: int, meta: dict | None, *, recovery_partition: bool = False
+) -> VMDir:
     """Create a fresh bundle (used for OCI cache entries and fixtures)."""
+    from .common import write_json_atomic
+
     os.makedirs(dst, exist_ok=True)
     vm = VMDir(dst)
     vm.write_config(cfg)
+    disk_bytes = int(disk_gb) * 1_000_000_000
     with open(vm.disk_path, "wb") as f:
-        f.truncate(int(disk_gb) * 1_000_000_000)
+        f.truncate(disk_bytes)
     with open(vm.nvram_path, "wb") as f:
         f.write(b"FAKETART-NVRAM\0" + os.urandom(49))
     if meta is not None:
-        from .common import write_json_atomic
-
         write_json_atomic(os.path.join(dst, IMAGE_META), meta)
+    if cfg.get("os") == "darwin":
+        write_partitions(dst, initial_partitions(disk_bytes, recovery=recovery_partition))
     return vm
+
+
+# ---------------------------------------------------------------------------
+# The guest's partition table (macOS guests): what `diskutil` in the guest sees.
+# A macOS image's disk holds an ISC container, the system APFS container and, unless the
+# image was built without it (cirruslabs/macos-image-templates: vanilla images keep it),
+# a recovery container; `tart set --disk-size` grows the disk file only, leaving free
+# space after the last partition (Tart VMDirectory.resizeRawDisk, docs/faq.md).
+
+ISC_BYTES = 524_288_000
+RECOVERY_BYTES = 5_368_709_120
+PARTITIONS = os.path.join(FAKE_DIR, "partitions.json")
+
+
+def initial_partitions(disk_bytes: int, *, recovery: bool) -> list[dict]:
+    system = disk_bytes - ISC_BYTES - (RECOVERY_BYTES if recovery else 0)
+    table = [
+        {"id": "disk0s1", "content": "Apple_APFS_ISC", "size": ISC_BYTES},
+        {"id": "disk0s2", "content": "Apple_APFS", "size": system},
+    ]
+    if recovery:
+        table.append({"id": "disk0s3", "content": "Apple_APFS_Recovery", "size": RECOVERY_BYTES})
+    return table
+
+
+def read_partitions(vm_path: str) -> list[dict] | None:
+    from .common import read_json
+
+    return read_json(os.path.join(vm_path, PARTITIONS), None)
+
+
+def write_partitions(vm_path: str, table: list[dict]) -> None:
+    from .common import write_json_atomic
+
+    os.makedirs(os.path.join(vm_path, FAKE_DIR), exist_ok=True)
+    write_json_atomic(os.path.join(vm_path, PARTITIONS), table)
 
 
 # ---------------------------------------------------------------------------
