@@ -30,6 +30,7 @@ from tart_trio._policy import check_task, share_with_tart_user
 from tart_trio._pulls import Pulls
 from tart_trio._reconcile import run_reconciler
 from tart_trio._recovery import recover_runner
+from tart_trio._slots import MacOSSlots
 from tart_trio._state import DriverState, decode_state, encode_state
 from tart_trio._tart import processes
 from tart_trio._tart.cli import Tart, TartNotFound, locate_tart, resolve_user
@@ -69,6 +70,7 @@ class Driver:
         self._serving = trio.Event()
         self._launch_lock = trio.Lock()
         self._provision_lock = trio.Lock()
+        self.slots = MacOSSlots(self._fingerprint_soon)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own every task's runner and the shared pulls until cancelled."""
@@ -96,9 +98,13 @@ class Driver:
         if client_ports is not None:
             self.client_port_range = client_ports
             self._serving.set()
+        self._fingerprint_soon()
+        log.debug("plugin configured", extra={"api_version": api_version})
+
+    def _fingerprint_soon(self) -> None:
+        """Report to Nomad now, not at the next period: what it schedules on changed."""
         self._config_changed.set()
         self._config_changed = trio.Event()
-        log.debug("plugin configured", extra={"api_version": api_version})
 
     def capabilities(self) -> Capabilities:
         """What works: stop/destroy/signals/exec; the VM is its own image and network."""
@@ -121,7 +127,7 @@ class Driver:
         reported: set[str] = set()
         while True:
             changed = self._config_changed
-            current = await _fingerprint.fingerprint(self.config)
+            current = self.slots.apply(await _fingerprint.fingerprint(self.config))
             await deliver(_fingerprint.with_removals(current, reported))
             reported = {k for k, v in current.attributes.items() if v != ""}
             with trio.move_on_after(self.config.fingerprint_period_seconds):
@@ -150,6 +156,7 @@ class Driver:
             max_macos_vms=self.config.max_macos_vms,
             launch_lock=self._launch_lock,
             provision_lock=self._provision_lock,
+            slots=self.slots,
         )
 
     def _emitter(self, task: NomadTask) -> Callable[[str, dict[str, str]], None]:

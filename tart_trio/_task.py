@@ -32,6 +32,7 @@ from tart_trio._guest.logs import pump_logs
 from tart_trio._model import ExitResult, NomadTask, TaskPhase
 from tart_trio._pulls import Pulls
 from tart_trio._safefs import make_private_dir, open_own_file
+from tart_trio._slots import MacOSSlots
 from tart_trio._state import DriverState
 from tart_trio._tart import argv as tart_argv
 from tart_trio._tart import images, processes, vms
@@ -69,6 +70,7 @@ class TaskContext:
     max_macos_vms: int
     launch_lock: trio.Lock
     provision_lock: trio.Lock
+    slots: MacOSSlots
 
 
 def _now() -> datetime:
@@ -101,6 +103,7 @@ class TaskRunner:
         self._scope = trio.CancelScope()
         self._stop_requested = False
         self._cloned = False
+        self._darwin = False
         self.supervisor: tuple[int, str | None] | None = None
         #: The SSH connection exec sessions share; closed when the VM ends.
         self.exec_link = session.SharedGuest()
@@ -146,7 +149,7 @@ class TaskRunner:
         await self._clear_earlier_attempt(tart)
         await self._clone(tart)
         await self._configure(tart)
-        darwin = await vms.vm_os(tart, self.vm_name) == "darwin"
+        darwin = self._darwin = await vms.vm_os(tart, self.vm_name) == "darwin"
         if darwin:
             # Apple's limit: one macOS VM at a time between the slot check and tart run.
             async with self.ctx.launch_lock:
@@ -163,6 +166,8 @@ class TaskRunner:
                 f"{self.ctx.boot_timeout:.0f}s (boot_timeout)"
             )
         self._emit(f"VM reachable at {ip}", {"vm": self.vm_name, "ip": ip})
+        if darwin:
+            self.ctx.slots.started()
         if darwin and self.config.disk_size > 0:
             await self._grow_guest_disk(
                 ssh.GuestAddress(
@@ -395,7 +400,20 @@ class TaskRunner:
                 nursery.start_soon(discover, nursery.cancel_scope)
         if outcome:
             return outcome[0]
-        raise self._early_exit_error()
+        error = self._early_exit_error()
+        if self._darwin and hit_vm_limit(str(error)):
+            await self._note_vm_limit(tart)
+        raise error
+
+    async def _note_vm_limit(self, tart: Tart) -> None:
+        """Tart's VM limit with fewer macOS VMs running than it allows: slots leaked."""
+        try:
+            running = await vms.running_macos_vms(tart)
+        except (TartTrioError, trio.TooSlowError, ValueError):
+            return
+        leak = self.ctx.slots.limit_hit(len(running), self.ctx.max_macos_vms)
+        if leak is not None:
+            self._emit(leak.reason(), {"vm": self.vm_name})
 
     async def _discover_ip(self, tart: Tart) -> str:
         """``tart ip --wait``; bridged VMs are not in the DHCP leases, so ask ARP."""
@@ -415,7 +433,7 @@ class TaskRunner:
         message = f"`tart run {self.vm_name}` exited with code {code} before the VM was up"
         if output:
             message += f": {output}"
-        if VM_LIMIT_TEXT in output:
+        if hit_vm_limit(output):
             return RecoverableError(message + " (Apple allows two macOS VMs per host)")
         return TartTrioError(message)
 
@@ -581,6 +599,11 @@ async def delete_vm(tart: Tart, vm_name: str) -> None:
             await tart_stop(tart, vm_name, 0)
         except trio.TooSlowError:
             return
+
+
+def hit_vm_limit(output: str) -> bool:
+    """Whether ``tart run``'s output is Apple's limit on macOS VMs."""
+    return VM_LIMIT_TEXT in output
 
 
 def _describe(process: processes.VMProcess) -> str:

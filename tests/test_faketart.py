@@ -818,6 +818,24 @@ def test_macos_guest_grows_its_apfs_container_into_a_grown_disk(fake_tart: FakeT
     assert set(partitions(ip)) == {"disk0s1", "disk0s2", "disk0s3"}
 
 
+def test_leaked_macos_slots_lower_the_limit(fake_tart: FakeTart):
+    """openai/tart#1217, #445: slots of VMs that are gone stay taken until the host reboots;
+    Tart then reports the limit while fewer VMs run."""
+    env = fake_tart.env(FAKETART_GUEST="none")
+    for name in ("a", "b"):
+        fake_tart.make_vm(name)
+    fake_tart.set_host_state(leaked_macos_slots=1)
+    first = fake_tart.run_vm("a", env=env)
+    wait_for(lambda: fake_tart.running_vms().get("a"), what="a to run")
+    r = fake_tart.tart("run", "b", "--no-graphics", env=env)
+    assert (r.returncode, r.stderr) == (
+        1,
+        "The number of VMs exceeds the system limit (other running VMs: a)\n",
+    )
+    first.signal(signal.SIGINT)
+    first.wait(10)
+
+
 def test_run_builds_the_vm_before_it_takes_the_vm_lock(fake_tart: FakeTart):
     """Run.swift: $TART_HOME is locked while the VM is built; only then is the VM locked
     (running), and a `tart delete` in between finds a stopped VM."""

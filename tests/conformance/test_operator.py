@@ -162,6 +162,41 @@ async def test_tarts_own_vm_limit_is_recoverable(
     assert fake_tart.tart("list", "-q", "--source", "local").stdout == ""
 
 
+async def test_leaked_macos_slots_take_the_node_off_macos_jobs_until_a_start_succeeds(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    await launch(sim, fake_tart, tmp_path, plugin_hcl(fingerprint_period='"1h"'))
+    fp = await fingerprint(sim)
+    assert int(attr(fp, "macos_vm_slots_free")) == 2 and attr(fp, "macos_vm_slots_leaked") is False
+    stream = await sim.open_stream("fingerprint")
+    with trio.fail_after(20):
+        await stream.receive()
+    first = await start(sim, job(MACOS_IMAGE))
+    fake_tart.set_host_state(leaked_macos_slots=1)  # a VM that is gone still holds a slot
+    with pytest.raises(NomadSimError) as caught:
+        await start(sim, job(MACOS_IMAGE))
+    assert caught.value.recoverable is True and "exceeds the system limit" in caught.value.message
+    with trio.fail_after(20):  # pushed at once, not at the next period (an hour here)
+        while attr(pushed := await stream.receive(), "macos_vm_slots_leaked") is not True:
+            pass
+    assert int(attr(pushed, "macos_vm_slots_free")) == 0 and pushed["health"] == "HEALTHY"
+    assert "Reboot the host" in pushed["health_description"]
+    assert "while 1 of 2 macOS VMs ran" in pushed["health_description"]
+
+    fake_tart.set_host_state(leaked_macos_slots=0)  # the host rebooted
+    await sim.call("stop_task", task_id=first["task_id"], timeout_seconds=5)
+    await sim.call("destroy_task", task_id=first["task_id"])
+    again = await start(sim, job(MACOS_IMAGE))
+    with trio.fail_after(20):
+        while attr(pushed := await stream.receive(), "macos_vm_slots_leaked") is not False:
+            pass
+    assert int(attr(pushed, "macos_vm_slots_free")) == 1
+    assert pushed["health_description"] == "Healthy"
+    await sim.close_stream(stream)
+    await sim.call("stop_task", task_id=again["task_id"], timeout_seconds=5)
+    await sim.call("destroy_task", task_id=again["task_id"])
+
+
 async def test_softnet_missing_is_unhealthy_unless_not_allowed(
     sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
 ) -> None:

@@ -328,6 +328,12 @@ class FakeTart:
         data.setdefault("images", {}).setdefault(image, {}).update(knobs)
         self._write_control(data)
 
+    def set_host_state(self, **state: Any) -> None:
+        """Host-wide state, e.g. ``leaked_macos_slots=1`` (slots held by VMs that are gone)."""
+        data = self.control()
+        data.setdefault("host", {}).update(state)
+        self._write_control(data)
+
     def clear_knobs(self) -> None:
         self._write_control({})
 

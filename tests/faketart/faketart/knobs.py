@@ -115,6 +115,13 @@ def for_image(home: str, ref: str, registry_knobs: dict | None) -> dict:
     return k
 
 
+def host(home: str) -> dict:
+    """Host-wide state of the fake Mac: ``{"leaked_macos_slots": N}`` — macOS VM slots that
+    Virtualization.framework keeps after their VMs are gone, until the host reboots."""
+    table = load_control(home).get("host")
+    return table if isinstance(table, dict) else {}
+
+
 def failure(spec, default_message: str) -> tuple[str, int] | None:
     """Normalise a start/clone failure knob to (message, exit code)."""
     if spec in (None, False):

@@ -408,6 +408,7 @@ def cmd_run(o: dict) -> int:
             raise Verbatim(*fail)
         if cfg.get("os") == "darwin":
             limit = int(os.environ.get("FAKETART_MAX_MACOS_VMS", "2"))
+            limit -= int(_knobs.host(home).get("leaked_macos_slots") or 0)
             others = [v for v in storage.list_local(home) if v.name != name and v.running()]
             darwin_others = [v for v in others if v.read_config().get("os") == "darwin"]
             if len(darwin_others) >= limit:
