@@ -1106,8 +1106,19 @@ def test_suspend_resume_and_sigusr2(fake_tart: FakeTart):
 # The guest
 
 
+def _file_state(path: Path) -> tuple[int, int, bytes] | None:
+    """What a host file is (inode, mode, content), or None when it does not exist."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return None
+    content = path.read_bytes() if path.is_file() else b""
+    return info.st_ino, info.st_mode, content
+
+
 @needs_guest
 def test_ssh_guest_environment(fake_tart: FakeTart):
+    host_files = {p: _file_state(Path(p)) for p in ("/usr/bin/log", "/usr/bin/sudo", "/Volumes")}
     fake_tart.make_vm("vm")
     vm, ip = fake_tart.start_vm("vm")
     r = fake_tart.ssh(
@@ -1126,14 +1137,15 @@ def test_ssh_guest_environment(fake_tart: FakeTart):
     r = fake_tart.ssh(
         ip,
         "grep -c faketart /usr/sbin/shutdown /sbin/shutdown /usr/sbin/poweroff /usr/sbin/reboot "
-        "/usr/sbin/halt /sbin/halt /sbin/poweroff /sbin/reboot",
+        "/usr/sbin/halt /sbin/halt /sbin/poweroff /sbin/reboot /usr/bin/log /usr/bin/sudo",
     )
-    # the host's real shutdown is unreachable: every path is the guest's own
+    # the host's real shutdown (and any log or sudo of its own) is unreachable: every path
+    # is the guest's own
     counts = [int(ln.rsplit(":", 1)[1]) for ln in r.stdout.splitlines()]
-    assert r.returncode == 0 and len(counts) == 8 and all(c > 0 for c in counts), r.stdout
+    assert r.returncode == 0 and len(counts) == 10 and all(c > 0 for c in counts), r.stdout
     # the guest user does not exist on the host; the host's files are untouched
     assert "admin:x:" not in Path("/etc/passwd").read_text()
-    assert not Path("/usr/bin/log").exists() and not Path("/Volumes").exists()
+    assert {p: _file_state(Path(p)) for p in host_files} == host_files
     # the home directory persists across restarts
     assert fake_tart.ssh(ip, "echo kept > ~/note").returncode == 0
     key = fake_tart.host_key(ip)

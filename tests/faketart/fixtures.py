@@ -93,20 +93,24 @@ def _listening(addr: str, port: int = 22) -> bool:
         return False
 
 
-def _make_python_dir(root: Path) -> Path:
+def _base_python() -> Path:
+    return Path(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
+
+
+def _make_python_dir(root: Path, python: Path | None = None) -> Path:
     """A bare venv (no site-packages) around the interpreter running the tests.
 
     The fake is stdlib-only and runs under the first ``python3`` on PATH; this
     one starts in ~12 ms instead of paying for the base install's ``.pth``
     files and pyenv shims on every `tart` call.  Returns its bin directory.
+    ``python`` replaces the test interpreter (e.g. one another user can run).
     """
-    base = Path(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
+    base = python or _base_python()
     (root / "bin").mkdir(parents=True, exist_ok=True)
     (root / "bin" / "python3").symlink_to(base)
-    v = sys.version_info
+    version = _python_version(base) if python else ".".join(map(str, sys.version_info[:3]))
     (root / "pyvenv.cfg").write_text(
-        f"home = {base.parent}\ninclude-system-site-packages = false\nversion = "
-        f"{v.major}.{v.minor}.{v.micro}\n"
+        f"home = {base.parent}\ninclude-system-site-packages = false\nversion = {version}\n"
     )
     return root / "bin"
 
@@ -151,19 +155,19 @@ class RunningVM:
 
 
 class FakeTart:
-    def __init__(self, home: Path, scratch: Path):
+    def __init__(self, home: Path, scratch: Path, root: Path = BIN_DIR, python: Path | None = None):
         self.home = home
         self.scratch = scratch
-        self.bin_dir = BIN_DIR
-        self.softnet_dir = SOFTNET_DIR
-        self.tart_path = TART
+        self.bin_dir = root
+        self.softnet_dir = root / "bin"
+        self.tart_path = root / "tart"
         self.registry_path = scratch / "faketart-registry.json"
         self.control_path = home / "faketart-control.json"
         self.strict_teardown = False
         self.leftovers: list[str] = []
         self._procs: list[RunningVM] = []
         self.extra_env: dict[str, str] = {}
-        self._pybin = _make_python_dir(scratch / "faketart-python")
+        self._pybin = _make_python_dir(scratch / "faketart-python", python)
         home.mkdir(parents=True, exist_ok=True)
         self._registry: dict[str, Any] = {
             "images": {k: dict(v) for k, v in DEFAULT_IMAGES.items()},
@@ -523,7 +527,7 @@ class FakeTart:
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     cmd = f.read()
-                if str(HERE).encode() not in cmd:
+                if str(self.bin_dir).encode() not in cmd:
                     continue
                 with open(f"/proc/{pid}/environ", "rb") as f:
                     env = f.read().split(b"\0")
@@ -671,10 +675,70 @@ def running_vmm(sock: Path) -> Iterator[Path]:
             proc.stdout.close()
 
 
+def install_fake(dest: Path) -> Path:
+    """A copy of the fake (``tart``, ``bin/softnet``, ``faketart/``) that every user can run.
+
+    Another user's `tart` cannot run the checkout's own copy when the checkout lies where
+    only root may look (a clone under ``/root``, mode 0700). The copy is compiled here,
+    so that user's `tart` calls need not write bytecode. Returns the directory that holds
+    ``tart`` (the ``root`` of a :class:`FakeTart`).
+    """
+    import compileall
+    import shutil
+
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    dest.mkdir(mode=0o755)
+    shutil.copy2(TART, dest / "tart")
+    shutil.copytree(SOFTNET_DIR, dest / "bin", ignore=skip)
+    shutil.copytree(HERE / "faketart", dest / "faketart", ignore=skip)
+    compileall.compile_dir(str(dest / "faketart"), quiet=1)
+    for path in [dest, *dest.rglob("*")]:
+        executable = path.is_dir() or os.access(path, os.X_OK)
+        path.chmod(0o755 if executable else 0o644)
+    return dest
+
+
+def _python_version(python: Path) -> str:
+    probe = "import sys; print('.'.join(map(str, sys.version_info[:3])))"
+    return subprocess.run(
+        [str(python), "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def python_for(user: Any) -> Path:
+    """A Python 3.11+ that ``user`` can run: the test interpreter, else the system's.
+
+    The test interpreter may live where only root may look (pyenv under ``/root``).
+    """
+    probe = "import sys; sys.exit(sys.version_info < (3, 11))"
+    candidates = [_base_python(), Path("/usr/bin/python3"), Path("/usr/local/bin/python3")]
+    for python in candidates:
+        try:
+            ok = (
+                subprocess.run(
+                    [str(python), "-c", probe],
+                    user=user.pw_uid,
+                    group=user.pw_gid,
+                    extra_groups=[],
+                    cwd="/",
+                    capture_output=True,
+                    check=False,
+                ).returncode
+                == 0
+            )
+        except OSError:  # not there, or not for this user
+            ok = False
+        if ok:
+            return Path(os.path.realpath(python))
+    raise RuntimeError(f"no Python 3.11+ that user {user.pw_name} may run: tried {candidates}")
+
+
 @contextlib.contextmanager
 def fake_tart_for_user(user: Any) -> Iterator[FakeTart]:
     """A fake Tart host whose `tart` runs as ``user``: public scratch, TART_HOME it owns.
 
+    The fake itself is a copy in the public scratch directory (see :func:`install_fake`),
+    and its ``python3`` one the user may run, so this works from any checkout.
     ``env()`` includes ``FAKETART_VMM``, so that user's `tart run` boots real guests.
     """
     import shutil
@@ -682,7 +746,9 @@ def fake_tart_for_user(user: Any) -> Iterator[FakeTart]:
 
     base = Path(tempfile.mkdtemp(prefix="faketart-user-"))
     base.chmod(0o755)
-    ft = FakeTart(base / "tart-home", base)
+    ft = FakeTart(
+        base / "tart-home", base, root=install_fake(base / "fake"), python=python_for(user)
+    )
     os.chown(ft.home, user.pw_uid, user.pw_gid)
     ft.extra_env["FAKETART_VMM"] = str(base / "vmm.sock")
     try:
