@@ -139,6 +139,19 @@ class GuestLog:
         return max(0.0, self.next_due - time.monotonic())
 
 
+def _join_groups(group_db: bytes, user: str, gids) -> bytes:
+    """/etc/group with ``user`` added to the groups ``gids`` (the groups `tart run` has)."""
+    wanted = {str(g) for g in gids or ()}
+    lines = []
+    for line in group_db.decode().splitlines():
+        parts = line.split(":")
+        if len(parts) == 4 and parts[2] in wanted:
+            members = [m for m in parts[3].split(",") if m and m != user]
+            parts[3] = ",".join([*members, user])
+        lines.append(":".join(parts))
+    return ("\n".join(lines) + "\n").encode()
+
+
 class Guest:
     def __init__(self, spec: dict):
         self.spec = spec
@@ -284,7 +297,10 @@ class Guest:
             edit_db("/etc/passwd", f"{user}:x:{uid}:{gid}:{user}:{home}:/bin/bash", 2),
             0o644,
         )
-        files["/etc/group"] = (edit_db("/etc/group", f"{user}:x:{gid}:", 2), 0o644)
+        files["/etc/group"] = (
+            _join_groups(edit_db("/etc/group", f"{user}:x:{gid}:", 2), user, s.get("groups")),
+            0o644,
+        )
         files["/etc/shadow"] = (
             edit_db("/etc/shadow", f"{user}:{s['password_hash']}:19700:0:99999:7:::", None),
             0o640,

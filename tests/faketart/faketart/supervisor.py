@@ -268,6 +268,9 @@ class Supervisor:
             "user": user,
             "uid": uid,
             "gid": gid,
+            # Through the virtualization service, the groups `tart run` has: a share is
+            # readable in the guest if one of them may read it, as on a Mac.
+            "groups": [] if os.geteuid() == 0 else sorted(set(os.getgroups()) - {gid}),
             "share_idmap": os.geteuid() == 0,
             "guest_home": f"/Users/{user}" if darwin else f"/home/{user}",
             "password_hash": sha512_crypt(password),

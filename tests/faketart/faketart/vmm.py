@@ -17,8 +17,9 @@ starts the guest's init as PID 1 of a new PID namespace, and then:
 * the connection closing (``tart run`` died, even by SIGKILL) kills the guest;
 * the guest ending is reported as ``{"exit": CODE}``.
 
-The guest user has the caller's uid and shares are plain bind mounts, so inside the guest
-the shares are exactly as readable as they are to the user who ran `tart run`.
+The guest user has the caller's uid, gid and supplementary groups, and shares are plain
+bind mounts, so inside the guest the shares are exactly as readable as they are to the
+user who ran `tart run`.
 """
 
 from __future__ import annotations
@@ -124,7 +125,19 @@ def _refuse(conn: socket.socket, why: str) -> None:
         conn.sendall(json.dumps({"error": why}).encode() + b"\n")
 
 
-def _check_spec(spec_path: str, uid: int) -> str | None:
+def _groups_of(pid: int) -> set[int]:
+    """The supplementary groups of a process (from /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except OSError:
+        pass
+    return set()
+
+
+def _check_spec(spec_path: str, pid: int, uid: int) -> str | None:
     try:
         info = os.stat(spec_path)
         with open(spec_path) as f:
@@ -133,6 +146,8 @@ def _check_spec(spec_path: str, uid: int) -> str | None:
         return f"cannot read the guest spec: {e}"
     if info.st_uid != uid or spec.get("uid") != uid or spec.get("share_idmap"):
         return "the guest spec must belong to the caller and name the caller as the guest user"
+    if not set(spec.get("groups") or ()) <= _groups_of(pid):
+        return "the guest spec names groups the caller is not in"
     return None
 
 
@@ -141,14 +156,14 @@ def keep(conn: socket.socket) -> int:
     from . import linuxsys
 
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    _pid, uid, _gid = _peer(conn)
+    pid, uid, _gid = _peer(conn)
     msg, fds, _flags, _addr = socket.recv_fds(conn, _MAX_REQUEST, 3)
     try:
         request = json.loads(msg)
         if len(fds) != 3:
             _refuse(conn, "expected the guest's stdin, stdout and console descriptors")
             return 1
-        why = _check_spec(request["spec"], uid)
+        why = _check_spec(request["spec"], pid, uid)
         if why:
             _refuse(conn, why)
             return 1
