@@ -61,14 +61,6 @@ def _write_status(runtime: _RuntimeDir, name: str, status: dict[str, Any]) -> No
     runtime.write_atomic(name, json.dumps(status).encode())
 
 
-def _run_as(args: argparse.Namespace) -> dict[str, Any]:
-    """Run ``tart run`` as the configured tart user (the supervisor itself stays root)."""
-    if args.uid is None:
-        return {}
-    groups = [int(g) for g in args.groups.split(",") if g]
-    return {"user": args.uid, "group": args.gid, "extra_groups": groups}
-
-
 def _run(args: argparse.Namespace, runtime: _RuntimeDir) -> int:
     log = os.fdopen(runtime.open_log(os.path.basename(args.log_file)), "ab", buffering=0)
     fifo = FifoWriter(args.stderr_fifo)
@@ -80,7 +72,6 @@ def _run(args: argparse.Namespace, runtime: _RuntimeDir) -> int:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             close_fds=True,
-            **_run_as(args),
         )
     except OSError as exc:
         message = f"failed to start tart: {exc}\n".encode()
@@ -145,9 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pid-file", required=True)
     parser.add_argument("--log-file", required=True)
     parser.add_argument("--stderr-fifo")
-    parser.add_argument("--uid", type=int)
-    parser.add_argument("--gid", type=int)
-    parser.add_argument("--groups", default="")
     parser.add_argument("--owner", help="<alloc id>/<task> the VM belongs to (for ps readers)")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)

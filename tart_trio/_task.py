@@ -344,7 +344,7 @@ class TaskRunner:
 
     async def _launch(self, tart: Tart) -> tuple[int, str | None]:
         secrets = str(Path(self.task.alloc_dir) / self.task.name / "secrets")
-        run = [tart.path, *tart_argv.run_argv(self.vm_name, self.config, secrets)]
+        run = tart.argv(*tart_argv.run_argv(self.vm_name, self.config, secrets))
         command = [
             sys.executable,
             "-m",
@@ -358,7 +358,6 @@ class TaskRunner:
             "--stderr-fifo",
             self.task.stderr_path or os.devnull,
             *processes.owner_argument(self.task.alloc_id, self.task.name),
-            *_run_as_args(tart),
             "--",
             *run,
         ]
@@ -618,14 +617,6 @@ def _describe(process: processes.VMProcess) -> str:
 def _clone_race(exc: TartCommandError) -> bool:
     """Failures of `tart clone` caused by a concurrent tart command, not by the image."""
     return "No such file or directory" in exc.stderr or "dataCorrupted" in exc.stderr
-
-
-def _run_as_args(tart: Tart) -> list[str]:
-    """Tell the supervisor to run ``tart run`` as the configured tart user."""
-    if tart.user is None:
-        return []
-    groups = ",".join(str(g) for g in tart.user.groups)
-    return ["--uid", str(tart.user.uid), "--gid", str(tart.user.gid), "--groups", groups]
 
 
 def read_status(path: Path) -> ExitResult | None:

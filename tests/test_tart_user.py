@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
@@ -12,6 +13,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -22,19 +24,24 @@ from tart_trio._errors import ConfigError
 from tart_trio._fingerprint import HOME_MISSING, fingerprint
 from tart_trio._policy import readable_by, share_with_tart_user
 from tart_trio._tart.cli import RunAs, Tart, resolve_user, unreachable_user
-from tests.faketart.fixtures import ensure_user
+from tests.faketart.fixtures import MANY_GROUPS, ensure_groups, ensure_user
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running as another user needs root")
 
 USER = "nomad-tart-test"
+GROUPS = MANY_GROUPS
 REPORT = """#!/bin/sh
-printf '{"uid": %s, "home": "%s", "user": "%s", "path": "%s"}\\n' "$(id -u)" "$HOME" "$USER" "$PATH"
+if ls "$(dirname "$0")/share" >/dev/null 2>&1; then share=true; else share=false; fi
+printf '{"uid": %s, "home": "%s", "user": "%s", "path": "%s", "groups": "%s", "share": %s}\\n' \\
+  "$(id -u)" "$HOME" "$USER" "$PATH" "$(id -G)" "$share"
 """
 
 
 @pytest.fixture(scope="module")
 def tart_user() -> pwd.struct_passwd:
-    return ensure_user(USER)  # type: ignore[no-any-return]
+    user = ensure_user(USER)
+    ensure_groups(USER, GROUPS)
+    return user  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -56,10 +63,23 @@ def public_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def fake_tart_bin(public_dir: Path) -> Path:
+    """A `tart` that reports who runs it, and whether it may list ``share`` beside it.
+
+    Only the last of the user's 20 supplementary groups may read ``share``.
+    """
     script = public_dir / "tart"
     script.write_text(REPORT)
     script.chmod(0o755)
+    share = public_dir / "share"
+    share.mkdir(mode=0o750)
+    os.chown(share, 0, grp.getgrnam(GROUPS[-1]).gr_gid)
     return script
+
+
+def _assert_all_groups(seen: dict[str, Any], user: pwd.struct_passwd) -> None:
+    expected = {user.pw_gid, *(grp.getgrnam(g).gr_gid for g in GROUPS)}
+    assert {int(g) for g in seen["groups"].split()} == expected
+    assert seen["share"] is True, "the share only the 20th group may read is readable"
 
 
 async def test_every_tart_command_runs_as_the_user(
@@ -68,6 +88,7 @@ async def test_every_tart_command_runs_as_the_user(
     tart = Tart(str(fake_tart_bin), user=resolve_user(USER))
     seen = json.loads(await tart.run("--version"))
     assert seen["uid"] == tart_user.pw_uid
+    _assert_all_groups(seen, tart_user)
     assert seen["home"] == tart_user.pw_dir and seen["user"] == USER
     assert seen["path"].split(":")[:2] == [str(fake_tart_bin.parent), "/opt/homebrew/bin"]
 
@@ -77,7 +98,6 @@ async def test_tart_run_under_the_supervisor_runs_as_the_user(
 ) -> None:
     runtime = tmp_path / "runtime"
     runtime.mkdir()
-    groups = ",".join(str(g) for g in run_as.groups)
     tart = Tart(str(fake_tart_bin), user=run_as)
     result = await trio.run_process(
         [
@@ -90,16 +110,8 @@ async def test_tart_run_under_the_supervisor_runs_as_the_user(
             str(runtime / "p"),
             "--log-file",
             str(runtime / "log"),
-            "--uid",
-            str(run_as.uid),
-            "--gid",
-            str(run_as.gid),
-            "--groups",
-            groups,
             "--",
-            str(fake_tart_bin),
-            "run",
-            "vm",
+            *tart.argv("run", "vm"),
         ],
         capture_stdout=True,
         env=tart.env,
@@ -109,6 +121,7 @@ async def test_tart_run_under_the_supervisor_runs_as_the_user(
             await trio.sleep(0.05)
     seen = json.loads((runtime / "log").read_text())
     assert seen["uid"] == tart_user.pw_uid and seen["home"] == tart_user.pw_dir
+    _assert_all_groups(seen, tart_user)
     assert json.loads((runtime / "s").read_text())["exit_code"] == 0
     assert int(result.stdout.split()[0]) > 0
 

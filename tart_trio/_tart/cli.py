@@ -8,11 +8,12 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 import trio
 
+from tart_trio import _runas
 from tart_trio._errors import TartTrioError
 
 HOMEBREW_TART: Final = "/opt/homebrew/bin/tart"
@@ -128,15 +129,16 @@ class Tart:
         self.user = user
         self.env = tart_environment(path, home, base_env, user)
 
-    def process_options(self) -> dict[str, Any]:
-        """``user``/``group``/``extra_groups`` for subprocesses that run tart."""
+    def argv(self, *args: str) -> list[str]:
+        """The command line that runs ``tart ARGS`` as the tart user, with all its groups.
+
+        Without ``tart_user`` that is tart itself; with it, the :mod:`tart_trio._runas`
+        helper, which becomes the user and then is tart (same pid).
+        """
+        command = [self.path, *args]
         if self.user is None:
-            return {}
-        return {
-            "user": self.user.uid,
-            "group": self.user.gid,
-            "extra_groups": list(self.user.groups),
-        }
+            return command
+        return _runas.command(self.user.name, self.user.uid, self.user.gid, command)
 
     @property
     def home_dir(self) -> str:
@@ -159,14 +161,13 @@ class Tart:
         """Run ``tart ARGS``; return stdout, raise TartCommandError on a non-zero exit."""
         env = self.env if not extra_env else {**self.env, **extra_env}
         result = await trio.run_process(
-            [self.path, *args],
+            self.argv(*args),
             stdin=stdin if stdin is not None else subprocess.DEVNULL,
             capture_stdout=True,
             capture_stderr=True,
             check=False,
             env=env,
             start_new_session=True,
-            **self.process_options(),
         )
         stdout = result.stdout.decode(errors="replace")
         if result.returncode != 0:

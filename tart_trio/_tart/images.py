@@ -49,13 +49,12 @@ async def pull(
     """``tart pull URL``; report each new percentage; fail when it stalls."""
     env = {**tart.env, **credentials, "CI": "true"}
     process = await trio.lowlevel.open_process(
-        [tart.path, "pull", url],
+        tart.argv("pull", url),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
         start_new_session=True,
-        **tart.process_options(),
     )
     assert process.stdout is not None
     tail = b""

@@ -7,6 +7,8 @@ exactly as readable as they are to the tart user.
 
 from __future__ import annotations
 
+import grp
+import os
 import stat
 import uuid
 from collections.abc import Iterator
@@ -21,7 +23,9 @@ from tests.conformance.test_lifecycle import wait_for_text
 from tests.conformance.test_operator import attr, fingerprint, macos_release
 from tests.faketart.fixtures import (
     MACOS_IMAGE,
+    MANY_GROUPS,
     FakeTart,
+    ensure_groups,
     ensure_user,
     fake_tart_for_user,
     needs_guest_reason,
@@ -36,6 +40,7 @@ SHARES = "/Volumes/My Shared Files"
 @pytest.fixture
 def user_host() -> Iterator[tuple[FakeTart, Any]]:
     user = ensure_user(USER)
+    ensure_groups(USER, MANY_GROUPS)
     with fake_tart_for_user(user) as host:
         yield host, user
 
@@ -87,8 +92,11 @@ async def test_a_task_lives_and_dies_with_tart_run_by_the_tart_user(
 ) -> None:
     host, user = user_host
     project = host.scratch / "project"
-    project.mkdir(mode=0o755)
+    project.mkdir(mode=0o750)
     (project / "README").write_text("hello from the host\n")
+    # Only the last of the user's 20 supplementary groups may read the share (macOS's
+    # setgroups(2) takes 16): tart runs with every group of the user.
+    os.chown(project, 0, grp.getgrnam(MANY_GROUPS[-1]).gr_gid)
     alloc_dir = _alloc_dir(host)
     await _launch(sim, host, tmp_path / "plugin.log")
 

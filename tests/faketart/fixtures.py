@@ -657,6 +657,20 @@ def ensure_user(name: str) -> Any:
     return entry
 
 
+def ensure_groups(user: str, groups: list[str]) -> list[int]:
+    """Make ``user`` a member of ``groups`` (created on first use); returns their gids."""
+    import grp
+
+    for group in groups:
+        subprocess.run(["groupadd", "-f", group], check=True)
+    subprocess.run(["usermod", "-a", "-G", ",".join(groups), user], check=True)
+    return [grp.getgrnam(group).gr_gid for group in groups]
+
+
+#: More supplementary groups than macOS's setgroups(2) takes (NGROUPS_MAX = 16).
+MANY_GROUPS = [f"nomad-tart-g{i:02}" for i in range(1, 21)]
+
+
 @contextlib.contextmanager
 def running_vmm(sock: Path) -> Iterator[Path]:
     """The fake virtualization service (root), for `tart run` as another user."""
