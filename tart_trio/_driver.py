@@ -53,6 +53,30 @@ def owner_of(task: NomadTask) -> str:
     return f"{task.alloc_id}/{task.name}"
 
 
+class _Unexpected:
+    """Logs each distinct unexpected error of a stream once; the stream goes on.
+
+    Nomad treats an ended Fingerprint, TaskEvents or TaskStats stream as a broken plugin
+    or task, so a sample or event that cannot be made or sent is skipped instead.
+    """
+
+    def __init__(self, stream: str) -> None:
+        self._stream = stream
+        self._seen: set[str] = set()
+
+    def __call__(self, exc: Exception, **context: str) -> None:
+        key = f"{type(exc).__name__}: {exc}"
+        if key in self._seen:
+            return
+        if len(self._seen) < 100:
+            self._seen.add(key)
+        log.error(
+            f"{self._stream}: skipped after an unexpected error; the stream goes on",
+            exc_info=exc,
+            extra=context,
+        )
+
+
 class Driver:
     """Domain entry point behind the rpc layer. Pure trio."""
 
@@ -125,17 +149,30 @@ class Driver:
         Never returns on its own: Nomad treats an ended stream as a dead plugin.
         """
         reported: set[str] = set()
+        unexpected = _Unexpected("Fingerprint")
         while True:
             changed = self._config_changed
-            current = self.slots.apply(await _fingerprint.fingerprint(self.config))
-            await deliver(_fingerprint.with_removals(current, reported))
-            reported = {k for k, v in current.attributes.items() if v != ""}
+            current = self.slots.apply(await _fingerprint.safe_fingerprint(self.config))
+            try:
+                await deliver(_fingerprint.with_removals(current, reported))
+            except Exception as exc:
+                unexpected(exc)
+            else:
+                reported = {k for k, v in current.attributes.items() if v != ""}
             with trio.move_on_after(self.config.fingerprint_period_seconds):
                 await changed.wait()
 
     async def watch_events(self, deliver: Callable[[TaskEvent], Awaitable[None]]) -> None:
-        """Deliver every task event until cancelled."""
-        await self.events.subscribe(deliver)
+        """Deliver every task event until cancelled; one that cannot be sent is skipped."""
+        unexpected = _Unexpected("TaskEvents")
+
+        async def deliver_one(event: TaskEvent) -> None:
+            try:
+                await deliver(event)
+            except Exception as exc:
+                unexpected(exc, task_id=event.task_id)
+
+        await self.events.subscribe(deliver_one)
 
     # ---- tasks -----------------------------------------------------------------------
 
@@ -333,8 +370,12 @@ class Driver:
         """Sample the VM's processes every ``interval`` until the task ends or we are cancelled."""
         runner = self._runner(task_id)
         sampler = _stats.Sampler(runner.process_roots)
+        unexpected = _Unexpected("TaskStats")
         while not runner.exited.is_set():
-            await deliver(await sampler.sample())
+            try:
+                await deliver(await sampler.sample())
+            except Exception as exc:
+                unexpected(exc, task_id=task_id)
             with trio.move_on_after(max(interval, 0.1)):
                 await runner.exited.wait()
 

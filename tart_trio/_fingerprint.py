@@ -1,12 +1,24 @@
-"""What the driver reports about the host: attributes and a health with a stable reason."""
+"""What the driver reports about the host: attributes and a health with a stable reason.
+
+A few gates come first (the driver is enabled, tart exists, the tart user can be used);
+then each concern of the host is one function (:data:`CONCERNS`) that returns a
+:class:`Finding`: attributes, and optionally a *problem* (the driver is unhealthy: Nomad
+places no tart task here; the first problem is the health description) or a *notice* (the
+driver stays healthy, but some jobs cannot run here; notices follow "Healthy" in the
+description). A concern that fails unexpectedly becomes a problem naming it and is logged:
+nothing ends the Fingerprint stream. To report something new, add a concern.
+"""
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Final
 
 import trio
@@ -14,8 +26,11 @@ import trio
 from tart_trio._config import PluginConfig
 from tart_trio._errors import TartTrioError
 from tart_trio._model import AttributeValue, Fingerprint
+from tart_trio._tart import versions
 from tart_trio._tart.cli import Tart, UnknownUser, locate_tart, resolve_user, unreachable_user
 from tart_trio._tart.vms import running_macos_vms
+
+log = logging.getLogger("fingerprint")
 
 PREFIX: Final = "driver.tart"
 TART_CALL_SECONDS: Final = 10.0
@@ -34,7 +49,7 @@ ATTRIBUTES: Final = tuple(
 
 DISABLED: Final = "The tart driver is disabled in the plugin configuration (enabled = false)."
 NOT_FOUND: Final = (
-    "The tart executable was not found: install Tart (brew install cirruslabs/cli/tart) "
+    "The tart executable was not found: install Tart (brew install openai/tools/tart) "
     "or set tart_path in the plugin configuration."
 )
 VERSION_FAILED: Final = (
@@ -59,6 +74,30 @@ HOME_MISSING: Final = (
     "needs it. Create the user's home directory or set tart_home."
 )
 HEALTHY: Final = "Healthy"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What one concern found: attributes, and a problem or a notice (one sentence each)."""
+
+    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+    problem: str = ""
+    notice: str = ""
+    #: With a problem: the concerns after this one cannot tell anything (tart is unusable).
+    final: bool = False
+
+
+@dataclass
+class Probe:
+    """What the concerns share: the configuration, tart, and what earlier concerns learnt."""
+
+    config: PluginConfig
+    tart: Tart
+    macos_version: str = ""
+    tart_version: versions.Version | None = None
+
+
+Concern = Callable[[Probe], Awaitable[Finding]]
 
 
 def host_supports_virtualization() -> bool:
@@ -106,6 +145,56 @@ def host_attributes() -> dict[str, AttributeValue]:
     }
 
 
+# ---- the concerns, in the order they are checked -----------------------------------
+
+
+async def host(probe: Probe) -> Finding:
+    """The Mac: macOS version, chip, whether it can run VMs at all."""
+    attributes = host_attributes()
+    probe.macos_version = str(attributes[f"{PREFIX}.macos_version"])
+    return Finding(attributes)
+
+
+async def tart_version(probe: Probe) -> Finding:
+    """``tart --version``: it must run, and be at least the oldest supported version."""
+    attributes: dict[str, AttributeValue] = {f"{PREFIX}.path": probe.tart.path}
+    try:
+        with trio.fail_after(TART_CALL_SECONDS):
+            raw = await versions.installed(probe.tart, fresh=True)
+    except (TartTrioError, OSError, trio.TooSlowError):
+        return Finding(attributes, problem=VERSION_FAILED, final=True)
+    probe.tart_version = versions.parse(raw)
+    # Parsed (2.35.0) so that constraints can use Nomad's "version" operator; a build
+    # from source prints SNAPSHOT, which is published as it is.
+    shown = raw if probe.tart_version is None else versions.text(probe.tart_version)
+    attributes[f"{PREFIX}.version"] = shown
+    return Finding(attributes, problem=versions.too_old(probe.tart_version))
+
+
+async def vm_slots(probe: Probe) -> Finding:
+    """Apple's limit of running macOS VMs, counted over every VM on the host."""
+    try:
+        with trio.fail_after(TART_CALL_SECONDS * 3):
+            running = await running_macos_vms(probe.tart)
+    except (TartTrioError, OSError, trio.TooSlowError, ValueError):
+        return Finding(problem=LIST_FAILED, final=True)
+    slots = probe.config.max_macos_vms
+    return Finding(
+        {
+            f"{PREFIX}.macos_vm_slots": slots,
+            f"{PREFIX}.macos_vm_slots_free": max(slots - len(running), 0),
+        }
+    )
+
+
+async def root_on_macos_15(probe: Probe) -> Finding:
+    """macOS guests do not start when tart runs as root on macOS 15 and later."""
+    as_root = os.geteuid() == 0 and probe.tart.user is None
+    if as_root and _major(probe.macos_version) >= 15:
+        return Finding(problem=ROOT_ON_MACOS_15)
+    return Finding()
+
+
 def softnet_missing(config: PluginConfig, tart: Tart) -> bool:
     """Whether an allowed network mode needs softnet and tart would not find it."""
     if not {"softnet", "host"} & set(config.allowed_network_modes):
@@ -113,8 +202,35 @@ def softnet_missing(config: PluginConfig, tart: Tart) -> bool:
     return shutil.which("softnet", path=tart.env.get("PATH")) is None
 
 
-async def fingerprint(config: PluginConfig) -> Fingerprint:
-    """Probe tart once and describe the result."""
+async def softnet(probe: Probe) -> Finding:
+    """softnet, which softnet and host networking need."""
+    if softnet_missing(probe.config, probe.tart):
+        return Finding(problem=SOFTNET_MISSING)
+    return Finding()
+
+
+CONCERNS: Final[tuple[tuple[str, Concern], ...]] = (
+    ("the host", host),
+    ("the tart version", tart_version),
+    ("the macOS VM slots", vm_slots),
+    ("running as root", root_on_macos_15),
+    ("softnet", softnet),
+)
+
+
+async def _checked(what: str, concern: Concern, probe: Probe) -> Finding:
+    try:
+        return await concern(probe)
+    except Exception as exc:
+        log.error("a fingerprint check failed unexpectedly", exc_info=exc, extra={"check": what})
+        return Finding(
+            problem=f"Checking {what} failed unexpectedly ({type(exc).__name__}: {exc}); "
+            "see the plugin's log."
+        )
+
+
+def _gate(config: PluginConfig) -> Fingerprint | Tart:
+    """The driver is enabled, tart exists and the tart user can be used: then ``Tart``."""
     if not config.enabled:
         return Fingerprint(attributes={}, health="undetected", description=DISABLED)
     path = locate_tart(config.tart_path)
@@ -135,28 +251,33 @@ async def fingerprint(config: PluginConfig) -> Fingerprint:
         user = resolve_user(config.tart_user)
     except UnknownUser as exc:
         return Fingerprint(attributes={}, health="unhealthy", description=f"{exc}.")
-    if user is not None and not await trio.Path(user.home).is_dir():
+    if user is not None and not os.path.isdir(user.home):
         return Fingerprint(attributes={}, health="unhealthy", description=HOME_MISSING)
-    tart = Tart(path, config.tart_home, user=user)
-    attributes: dict[str, AttributeValue] = {f"{PREFIX}.path": path, **host_attributes()}
-    try:
-        with trio.fail_after(TART_CALL_SECONDS):
-            attributes[f"{PREFIX}.version"] = await tart.version()
-    except (TartTrioError, OSError, trio.TooSlowError):
-        return Fingerprint(attributes=attributes, health="unhealthy", description=VERSION_FAILED)
-    try:
-        with trio.fail_after(TART_CALL_SECONDS * 3):
-            running = await running_macos_vms(tart)
-    except (TartTrioError, OSError, trio.TooSlowError, ValueError):
-        return Fingerprint(attributes=attributes, health="unhealthy", description=LIST_FAILED)
-    attributes[f"{PREFIX}.macos_vm_slots"] = config.max_macos_vms
-    attributes[f"{PREFIX}.macos_vm_slots_free"] = max(config.max_macos_vms - len(running), 0)
-    as_root = os.geteuid() == 0 and user is None
-    if as_root and _major(str(attributes[f"{PREFIX}.macos_version"])) >= 15:
-        return Fingerprint(attributes=attributes, health="unhealthy", description=ROOT_ON_MACOS_15)
-    if softnet_missing(config, tart):
-        return Fingerprint(attributes=attributes, health="unhealthy", description=SOFTNET_MISSING)
-    return Fingerprint(attributes=attributes, health="healthy", description=HEALTHY)
+    return Tart(path, config.tart_home, user=user)
+
+
+async def fingerprint(config: PluginConfig) -> Fingerprint:
+    """Probe the host once and describe the result."""
+    gate = _gate(config)
+    if isinstance(gate, Fingerprint):
+        return gate
+    probe = Probe(config, gate)
+    attributes: dict[str, AttributeValue] = {}
+    problems: list[str] = []
+    notices: list[str] = []
+    for what, concern in CONCERNS:
+        finding = await _checked(what, concern, probe)
+        attributes.update(finding.attributes)
+        if finding.problem:
+            problems.append(finding.problem)
+        if finding.notice:
+            notices.append(finding.notice)
+        if finding.problem and finding.final:
+            break
+    if problems:
+        return Fingerprint(attributes=attributes, health="unhealthy", description=problems[0])
+    description = " ".join([f"{HEALTHY}.", *notices]) if notices else HEALTHY
+    return Fingerprint(attributes=attributes, health="healthy", description=description)
 
 
 def with_removals(current: Fingerprint, previous_keys: set[str]) -> Fingerprint:
@@ -169,3 +290,17 @@ def with_removals(current: Fingerprint, previous_keys: set[str]) -> Fingerprint:
         health=current.health,
         description=current.description,
     )
+
+
+async def safe_fingerprint(config: PluginConfig) -> Fingerprint:
+    """:func:`fingerprint`, with any unexpected error turned into an unhealthy report."""
+    try:
+        return await fingerprint(config)
+    except Exception as exc:
+        log.error("fingerprinting failed unexpectedly", exc_info=exc)
+        return Fingerprint(
+            attributes={},
+            health="unhealthy",
+            description=f"Fingerprinting failed unexpectedly ({type(exc).__name__}: {exc}); "
+            "see the plugin's log.",
+        )

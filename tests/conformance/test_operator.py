@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from tart_trio._fingerprint import ROOT_ON_MACOS_15
-from tests.conformance.conftest import launch_args
+from tests.conformance.conftest import launch_args, plugin_log
 from tests.conformance.nomadsim import NomadSim, NomadSimError
 from tests.conformance.test_lifecycle import _variant, start
 from tests.faketart.fixtures import LINUX_IMAGE, MACOS_IMAGE, FakeTart, needs_guest_reason
@@ -246,3 +246,34 @@ async def test_tart_list_failing_is_unhealthy(
     await launch(sim, fake_tart, tmp_path, plugin_hcl(), TART_HOME=str(blocker / "home"))
     fp = await fingerprint(sim)
     assert fp["health"] == "UNHEALTHY" and "tart list" in fp["health_description"]
+
+
+async def test_an_unexpected_answer_from_tart_never_ends_the_fingerprint_stream(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    """A wrapper in front of tart that prints an object where Tart prints a list."""
+    wrapper = tmp_path / "wrapper" / "tart"
+    wrapper.parent.mkdir()
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = list ]; then echo \'{"vms": []}\'; exit 0; fi\n'
+        f'exec "{fake_tart.tart_path}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    hcl = plugin_hcl(tart_path=f'"{wrapper}"', fingerprint_period='"1s"')
+    await launch(sim, fake_tart, tmp_path, hcl)
+    stream = await sim.open_stream("fingerprint")
+    with trio.fail_after(20):
+        first = await stream.receive()
+    assert first["health"] == "UNHEALTHY"
+    assert first["health_description"].startswith(
+        "Checking the macOS VM slots failed unexpectedly (AttributeError"
+    )
+    assert attr(first, "version") == "2.35.0", "what could be checked is still reported"
+    logged = [line for line in plugin_log(tmp_path / "plugin.log") if line.get("check")]
+    assert logged and logged[0]["@level"] == "error", "the error and its traceback are logged"
+    wrapper.write_text(f'#!/bin/sh\nexec "{fake_tart.tart_path}" "$@"\n')  # the wrapper fixed
+    with trio.fail_after(20):
+        while (await stream.receive())["health"] != "HEALTHY":
+            pass
+    await sim.call("close_stream", stream=stream.id)
