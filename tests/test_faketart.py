@@ -83,6 +83,41 @@ def test_version_default_and_override(fake_tart: FakeTart):
     assert r.stdout == "2.31.0\n"
 
 
+def test_flags_and_texts_follow_the_tart_version(fake_tart: FakeTart):
+    """Each flag exists from the Tart version that added it (Tart's git history)."""
+    fake_tart.make_vm("mac")
+
+    def at(version: str, *args: str) -> subprocess.CompletedProcess:
+        return fake_tart.tart(*args, env=fake_tart.env(FAKETART_VERSION=version))
+
+    for version, args, unknown in [
+        ("2.15.0", ["run", "mac", "--root-disk-opts=ro"], "--root-disk-opts"),
+        ("2.22.4", ["run", "mac", "--net-softnet-expose", "2222:22"], "--net-softnet-expose"),
+        ("2.29.0", ["run", "mac", "--net-softnet-block=10.0.0.0/8"], "--net-softnet-block"),
+        ("2.9.1", ["set", "mac", "--random-mac"], "--random-mac"),
+    ]:
+        usage_error(at(version, *args), f"Unknown option '{unknown}'")
+    assert at("2.10.0", "set", "mac", "--random-mac").returncode == 0
+    r = at("2.26.1", "exec", "mac", "true")
+    assert r.returncode == 64 and r.stderr.startswith("Error: Unexpected argument 'exec'\n")
+    # caching= arrived in 2.21.0; 2.16-2.20 skip it without a word
+    bad = ["run", "mac", "--root-disk-opts=caching=bogus", "--no-graphics"]
+    r = at("2.21.0", *bad)
+    assert (r.returncode, r.stderr) == (1, 'unsupported disk image caching mode: "bogus"\n')
+    limit = {"FAKETART_MAX_MACOS_VMS": "0", "FAKETART_GUEST": "none"}
+    r = fake_tart.tart(*bad, env=fake_tart.env(FAKETART_VERSION="2.18.0", **limit))
+    assert r.returncode == 1 and "caching" not in r.stderr  # it got as far as the VM limit
+    # the VM limit: Virtualization.framework's own text before 2.18.1
+    assert r.stderr == (
+        'Error: Error Domain=VZErrorDomain Code=6 "The maximum supported number of active '
+        'virtual machines has been reached." UserInfo={NSLocalizedFailure=The number of '
+        "virtual machines exceeds the limit., NSLocalizedFailureReason=The maximum supported "
+        "number of active virtual machines has been reached.}\n"
+    )
+    r = fake_tart.tart("run", "mac", env=fake_tart.env(FAKETART_VERSION="2.18.1", **limit))
+    assert r.stderr == "The number of VMs exceeds the system limit\n"
+
+
 def test_help_exits_zero(fake_tart: FakeTart):
     for args in (["--help"], ["help", "run"], ["run", "--help"], ["clone", "-h"]):
         r = fake_tart.tart(*args)

@@ -32,6 +32,7 @@ class Opt:
         help: str = "",
         hidden: bool = False,
         inversion: str | None = None,
+        since: str | None = None,
     ):
         self.names, self.dest, self.kind, self.valname = names, dest, kind, valname
         self.conv, self.default, self.help, self.hidden, self.inversion = (
@@ -41,6 +42,13 @@ class Opt:
             hidden,
             inversion,
         )
+        self.since = since  # the first Tart version with this option (None: older than 2.0)
+
+    def present(self) -> bool:
+        """Whether the played Tart version has this option."""
+        from .common import at_least
+
+        return self.since is None or at_least(self.since)
 
     @property
     def label(self) -> str:
@@ -90,7 +98,7 @@ class Command:
 
     def usage(self) -> str:
         parts = [f"tart {self.name}"]
-        visible = [o for o in self.opts if not o.hidden]
+        visible = [o for o in self.opts if not o.hidden and o.present()]
         if len(visible) > 12:
             parts.append("[<options>]")
         for a in self.args:
@@ -116,7 +124,7 @@ class Command:
             lines.append("")
         lines.append("OPTIONS:")
         for o in self.opts:
-            if o.hidden:
+            if o.hidden or not o.present():
                 continue
             names = ", ".join(reversed(o.names)) if len(o.names) > 1 else o.names[0]
             lab = f"{names} <{o.valname}>" if o.kind != "flag" else names
@@ -144,6 +152,8 @@ def parse(cmd: Command, argv: list[str]) -> dict:
         res[a.dest] = [] if a.array else None
     by_name: dict[str, tuple[Opt, bool]] = {}
     for o in cmd.opts:
+        if not o.present():
+            continue  # an older Tart: "Unknown option"
         for n in o.names:
             by_name[n] = (o, True)
         if o.inversion:

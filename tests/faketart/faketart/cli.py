@@ -10,7 +10,7 @@ import sys
 import time
 
 from .argparse_swift import HelpRequested, parse
-from .common import DEFAULT_VERSION, TartError, UsageErr, err, home_path, out
+from .common import DEFAULT_VERSION, TartError, UsageErr, at_least, err, home_path, out
 
 RECORDED_ENV = ("HOME", "USER", "LOGNAME", "PATH", "TART_HOME", "CI")
 SECRET_ENV = ("TART_REGISTRY_USERNAME", "TART_REGISTRY_PASSWORD", "TART_REGISTRY_HOSTNAME")
@@ -106,7 +106,7 @@ def main(argv: list[str]) -> int:
             c = cmds.get(argv[1]) if len(argv) > 1 else None
             out(c.help_text() if c else ROOT_HELP)
             return 0
-        if argv[0] == "exec":
+        if argv[0] == "exec" and at_least("2.27.0"):
             if any(a in ("-h", "--help") for a in argv[1:2]):
                 out(
                     "OVERVIEW: Execute a command in a running VM\n\nUSAGE: tart exec [-i] [-t] "

@@ -634,16 +634,19 @@ def build_commands() -> dict[str, Command]:
                     "display_refit",
                     inversion="--no-display-refit",
                     help="Whether to automatically reconfigure the VM's display",
+                    since="2.21.0",
                 ),
                 Opt(
                     ("--random-mac",),
                     "random_mac",
                     help="Generate a new random MAC address for the VM.",
+                    since="2.10.0",
                 ),
                 Opt(
                     ("--random-serial",),
                     "random_serial",
                     help="Generate a new random serial number for the macOS VM.",
+                    since="2.10.0",
                 ),
                 Opt(
                     ("--disk",),

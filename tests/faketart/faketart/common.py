@@ -11,6 +11,26 @@ import time
 
 DEFAULT_VERSION = "2.35.0"
 
+
+def tart_version() -> tuple[int, ...]:
+    """The Tart version the fake plays: ``$FAKETART_VERSION`` (e.g. ``2.15.0``) or 2.35.0.
+
+    Flags a version does not have are unknown options (exit 64), and texts that changed
+    follow the version (see docs/fake-tart.md, "Tart versions").
+    """
+    text = os.environ.get("FAKETART_VERSION") or DEFAULT_VERSION
+    parts = []
+    for piece in text.split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def at_least(version: str) -> bool:
+    """Whether the played Tart version is ``version`` or newer."""
+    return tart_version() >= tuple(int(p) for p in version.split("."))
+
+
 # ---------------------------------------------------------------------------
 # Errors.  Each maps to one of Tart's three error paths (tart-cli.md §1.2).
 

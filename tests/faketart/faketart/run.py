@@ -15,12 +15,20 @@ from .common import (
     SwiftErr,
     UsageErr,
     Verbatim,
+    at_least,
     out,
     try_write_lock,
 )
 from .storage import RemoteName
 
 DEFAULT_TAG = "com.apple.virtio-fs.automount"
+#: What Tart before 2.18.1 printed at the VM limit: the VZError itself (commit 3da91e6).
+VZ_LIMIT_EXCEEDED = (
+    'Error Domain=VZErrorDomain Code=6 "The maximum supported number of active virtual '
+    'machines has been reached." UserInfo={NSLocalizedFailure=The number of virtual machines '
+    "exceeds the limit., NSLocalizedFailureReason=The maximum supported number of active "
+    "virtual machines has been reached.}"
+)
 PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # ---------------------------------------------------------------------------
@@ -94,15 +102,22 @@ CACHING_MODES = ("automatic", "cached", "uncached")
 
 
 def _check_disk_options(options: list[str]) -> None:
-    for o in options:
+    for o in _known_disk_options(options):
         if o.startswith("sync=") and o[5:] not in SYNC_MODES:
             raise RuntimeErr(f'unsupported disk image synchronization mode: "{o[5:]}"')
         if o.startswith("caching=") and o[8:] not in CACHING_MODES:
             raise RuntimeErr(f'unsupported disk image caching mode: "{o[8:]}"')
 
 
+def _known_disk_options(options: list[str]) -> list[str]:
+    """Before 2.21.0 Tart knows no ``caching=`` and skips it without a word."""
+    if at_least("2.21.0"):
+        return options
+    return [o for o in options if not o.startswith("caching=")]
+
+
 def parse_root_disk_opts(s: str) -> dict:
-    opts = [o for o in s.split(",") if o]
+    opts = _known_disk_options([o for o in s.split(",") if o])
     _check_disk_options(opts)
     return {"ro": "ro" in opts, "options": opts}
 
@@ -157,11 +172,12 @@ OPTS = [
         None,
         "Attach an externally created serial console",
     ),
-    Opt(("--no-audio",), "no_audio", help="Disable audio pass-through to host."),
+    Opt(("--no-audio",), "no_audio", help="Disable audio pass-through to host.", since="2.6.0"),
     Opt(
         ("--no-clipboard",),
         "no_clipboard",
         help="Disable clipboard sharing between host and guest.",
+        since="2.10.0",
     ),
     Opt(("--recovery",), "recovery", help="Boot into recovery mode"),
     Opt(("--vnc",), "vnc", help="Use screen sharing instead of the built-in UI."),
@@ -189,7 +205,7 @@ OPTS = [
         None,
         "Additional directory shares",
     ),
-    Opt(("--nested",), "nested", help="Enable nested virtualization if possible"),
+    Opt(("--nested",), "nested", help="Enable nested virtualization if possible", since="2.20.0"),
     Opt(
         ("--net-bridged",),
         "net_bridged",
@@ -208,6 +224,7 @@ OPTS = [
         None,
         None,
         "Comma-separated list of CIDRs to allow the traffic to",
+        since="2.7.1",
     ),
     Opt(
         ("--net-softnet-block",),
@@ -217,6 +234,7 @@ OPTS = [
         None,
         None,
         "Comma-separated list of CIDRs to block the traffic to",
+        since="2.30.0",
     ),
     Opt(
         ("--net-softnet-expose",),
@@ -226,6 +244,7 @@ OPTS = [
         None,
         None,
         "Comma-separated list of TCP ports to expose",
+        since="2.23.0",
     ),
     Opt(
         ("--net-softnet-control-fd",),
@@ -235,8 +254,14 @@ OPTS = [
         int_,
         None,
         "Unix socket for Softnet policy updates",
+        since="2.34.0",
     ),
-    Opt(("--net-host",), "net_host", help="Restrict network access to the host-only network"),
+    Opt(
+        ("--net-host",),
+        "net_host",
+        help="Restrict network access to the host-only network",
+        since="2.7.0",
+    ),
     Opt(
         ("--root-disk-opts",),
         "root_disk_opts",
@@ -245,6 +270,7 @@ OPTS = [
         None,
         "",
         "Set the root disk options",
+        since="2.16.0",
     ),
     Opt(
         ("--suspendable",),
@@ -255,10 +281,16 @@ OPTS = [
         ("--capture-system-keys",),
         "capture_system_keys",
         help="Whether system hot keys should be sent to the guest",
+        since="2.3.0",
     ),
-    Opt(("--no-trackpad",), "no_trackpad", help="Don't add a trackpad as a pointing device"),
-    Opt(("--no-pointer",), "no_pointer", help="Disable the pointer"),
-    Opt(("--no-keyboard",), "no_keyboard", help="Disable the keyboard"),
+    Opt(
+        ("--no-trackpad",),
+        "no_trackpad",
+        help="Don't add a trackpad as a pointing device",
+        since="2.25.0",
+    ),
+    Opt(("--no-pointer",), "no_pointer", help="Disable the pointer", since="2.29.0"),
+    Opt(("--no-keyboard",), "no_keyboard", help="Disable the keyboard", since="2.29.0"),
     Opt(
         ("--provisioning-opts",),
         "provisioning_opts",
@@ -267,6 +299,7 @@ OPTS = [
         None,
         None,
         "Provisioning options for macOS 27 guests",
+        since="2.33.0",
     ),
 ]
 
@@ -412,6 +445,8 @@ def cmd_run(o: dict) -> int:
             others = [v for v in storage.list_local(home) if v.name != name and v.running()]
             darwin_others = [v for v in others if v.read_config().get("os") == "darwin"]
             if len(darwin_others) >= limit:
+                if not at_least("2.18.1"):  # Virtualization.framework's own error
+                    raise SwiftErr(VZ_LIMIT_EXCEEDED)
                 hint = (
                     f" (other running VMs: {', '.join(v.name for v in others)})" if others else ""
                 )
