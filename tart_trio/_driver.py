@@ -10,6 +10,7 @@ from typing import Final
 
 import trio
 
+from tart_trio import _capabilities as capabilities
 from tart_trio import _fingerprint, _stats
 from tart_trio._config import PluginConfig, decode_plugin_config, decode_task_config
 from tart_trio._errors import TartTrioError, TaskNotFound
@@ -237,6 +238,7 @@ class Driver:
         config = decode_task_config(msgpack_config)
         check_task(self.config, config)
         ctx = self._context()
+        await capabilities.check_task(config, ctx.tart)
         secrets = os.path.join(task.alloc_dir, task.name, "secrets")
         share_with_tart_user(config, secrets, ctx.tart.user)
         vm_name = await self._claim_vm_name(task, ctx.tart)

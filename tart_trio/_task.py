@@ -35,12 +35,11 @@ from tart_trio._safefs import make_private_dir, open_own_file
 from tart_trio._slots import MacOSSlots
 from tart_trio._state import DriverState
 from tart_trio._tart import argv as tart_argv
-from tart_trio._tart import images, processes, vms
+from tart_trio._tart import images, processes, versions, vms
 from tart_trio._tart.cli import Tart, TartCommandError
 
 log = logging.getLogger("task")
 
-VM_LIMIT_TEXT: Final = "exceeds the system limit"
 TART_CALL_SECONDS: Final = 120.0
 FORCE_SECONDS: Final = 15.0
 SHUTDOWN_SSH_SECONDS: Final = 5.0
@@ -601,8 +600,8 @@ async def delete_vm(tart: Tart, vm_name: str) -> None:
 
 
 def hit_vm_limit(output: str) -> bool:
-    """Whether ``tart run``'s output is Apple's limit on macOS VMs."""
-    return VM_LIMIT_TEXT in output
+    """Whether ``tart run``'s output is Apple's limit on macOS VMs, in any Tart version."""
+    return versions.vm_limit_reached(output)
 
 
 def _describe(process: processes.VMProcess) -> str:

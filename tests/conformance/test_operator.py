@@ -277,3 +277,38 @@ async def test_an_unexpected_answer_from_tart_never_ends_the_fingerprint_stream(
         while (await stream.receive())["health"] != "HEALTHY":
             pass
     await sim.call("close_stream", stream=stream.id)
+
+
+async def test_what_the_installed_tart_cannot_do_is_refused_before_cloning(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    await launch(sim, fake_tart, tmp_path, plugin_hcl(), FAKETART_VERSION="2.9.1")
+    fp = await fingerprint(sim)
+    assert fp["health"] == "UNHEALTHY" and attr(fp, "version") == "2.9.1"
+    assert (
+        "older than 2.10.0, the oldest version this driver supports" in (fp["health_description"])
+    )
+    await sim.call("kill")
+
+    # Tart 2.18.0: no caching= (2.21.0) nor --net-softnet-expose (2.23.0), and at the VM
+    # limit it still prints Virtualization.framework's own error.
+    env = {"FAKETART_VERSION": "2.18.0", "FAKETART_MAX_MACOS_VMS": "0"}
+    await launch(sim, fake_tart, tmp_path, plugin_hcl(max_macos_vms="3"), **env)
+    fp = await fingerprint(sim)
+    assert fp["health"] == "HEALTHY" and attr(fp, "version") == "2.18.0"
+    message = await refused(sim, job(extra='root_disk {\n caching_mode = "cached"\n}'))
+    assert message.endswith(
+        "root_disk.caching_mode: needs Tart 2.21.0 or later (--root-disk-opts caching=); "
+        "this host has Tart 2.18.0: upgrade Tart or remove the option"
+    )
+    message = await refused(sim, job(extra='network {\n softnet_expose = ["2222:22"]\n}'))
+    assert "network.softnet_expose: needs Tart 2.23.0 or later" in message
+    assert fake_tart.calls_of("clone") == []
+    ok = await start(sim, job(extra="root_disk {\n readonly = true\n}"))  # 2.16.0 is enough
+    await sim.call("stop_task", task_id=ok["task_id"], timeout_seconds=5)
+    await sim.call("destroy_task", task_id=ok["task_id"])
+    with pytest.raises(NomadSimError) as caught:
+        await start(sim, job(MACOS_IMAGE))
+    assert caught.value.recoverable is True, "the VM limit is retried, whatever the text"
+    assert "The maximum supported number of active virtual machines" in caught.value.message
+    assert fake_tart.tart("list", "-q", "--source", "local").stdout == ""
