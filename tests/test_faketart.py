@@ -1077,7 +1077,62 @@ def test_softnet_child(fake_tart: FakeTart):
     fake_tart.set_knobs("vm", softnet_exit_after=0.2)
     vm = fake_tart.run_vm("vm", "--net-softnet")
     assert vm.wait() == 1
-    assert vm.stderr == 'Error: RuntimeFailed(why: "Softnet process terminated prematurely")\n'
+    assert vm.stderr == (  # softnet's own error reaches tart run's stderr
+        "failed to run proxy: vmnet interface went away\n"
+        'Error: RuntimeFailed(why: "Softnet process terminated prematurely")\n'
+    )
+
+
+def test_softnet_needs_root_which_tart_gives_it_only_on_a_terminal():
+    """Softnet.swift configureSUIDBitIfNeeded runs only when tart run's stdout is a tty."""
+    import pty
+
+    user = ensure_user("faketart-test")
+    as_user = {"user": user.pw_uid, "group": user.pw_gid, "cwd": "/"}
+    with fake_tart_for_user(user) as ft:
+        env = ft.env(FAKETART_GUEST="none", PATH=os.pathsep.join(ft.path_dirs))  # no sudo
+        subprocess.run(
+            [str(ft.tart_path), "clone", LINUX_IMAGE, "vm"], env=env, check=True, **as_user
+        )
+
+        def run(stdout: int | None = subprocess.PIPE) -> subprocess.CompletedProcess:
+            argv = [str(ft.tart_path), "run", "vm", "--no-graphics", "--net-softnet"]
+            return subprocess.run(
+                argv, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True, **as_user
+            )
+
+        r = run()  # a pipe, as under a supervisor: softnet is started as it is, and fails
+        assert r.returncode == 1
+        assert r.stderr == (
+            "root privileges are required to run and passwordless sudo was not available\n"
+            'Error: RuntimeFailed(why: "Softnet process terminated prematurely")\n'
+        )
+        primary, secondary = pty.openpty()
+        try:
+            r = run(stdout=secondary)  # a terminal: tart sets softnet up through sudo first
+        finally:
+            os.close(primary)
+            os.close(secondary)
+        assert (r.returncode, r.stderr) == (
+            1,
+            'Error: InitializationFailed(why: "sudo not found in PATH")\n',
+        )
+        softnet = ft.softnet_dir / "softnet"
+        softnet.chmod(0o4755)  # sudo chown root softnet && sudo chmod u+s softnet
+        vm = subprocess.Popen(
+            [str(ft.tart_path), "run", "vm", "--no-graphics", "--net-softnet"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            **as_user,
+        )
+        try:
+            ft.wait_ip("vm", proc=vm)
+            assert pid_alive(ft.runtime("vm")["softnet_pid"])
+        finally:
+            vm.kill()
+            vm.communicate(timeout=10)
 
 
 @needs_guest

@@ -16,6 +16,7 @@ from .common import (
     UsageErr,
     Verbatim,
     at_least,
+    err,
     out,
     try_write_lock,
 )
@@ -377,6 +378,43 @@ def which(prog: str) -> str | None:
     return shutil.which(prog, path=os.environ.get("PATH", os.defpath))
 
 
+def configure_suid_bit_if_needed(softnet: str) -> None:
+    """Softnet.swift ``configureSUIDBitIfNeeded``, which `tart run` calls only on a terminal.
+
+    Nothing to do when softnet (symlinks resolved) is root-owned with the SUID bit, or when
+    ``sudo --non-interactive softnet --help`` works; else it asks sudo for a password to
+    ``chown root`` and ``chmod u+s`` softnet.
+    """
+    import stat
+    import subprocess
+
+    path = os.path.realpath(softnet)
+    info = os.stat(path)
+    if info.st_uid == 0 and info.st_mode & stat.S_ISUID:
+        return
+    sudo = which("sudo")
+    if sudo is None:
+        raise SwiftErr('InitializationFailed(why: "sudo not found in PATH")')
+    probe = subprocess.run(
+        [sudo, "--non-interactive", "softnet", "--help"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
+    if probe.returncode == 0:
+        return
+    err(
+        "Softnet requires a Sudo password to set the SUID bit on the Softnet executable, "
+        "please enter it below."
+    )
+    done = subprocess.run([sudo, "sh", "-c", f"chown root {path} && chmod u+s {path}"], check=False)
+    if done.returncode != 0:
+        raise RuntimeErr(
+            "Softnet failed: failed to configure SUID bit on Softnet executable with Sudo"
+        )
+
+
 def cmd_run(o: dict) -> int:
     from .common import tart_home
 
@@ -428,6 +466,8 @@ def cmd_run(o: dict) -> int:
             softnet = which("softnet")
             if softnet is None:
                 raise SwiftErr('InitializationFailed(why: "softnet not found in PATH")')
+            if os.isatty(1):  # Run.swift isInteractiveSession(): stdout is a terminal
+                configure_suid_bit_if_needed(softnet)
         k = vm.knobs(home)
         # Run.swift builds the whole VM (devices, networks, shares) before it takes the
         # VM's lock: until then the VM reads as stopped, and only $TART_HOME is locked.

@@ -200,11 +200,11 @@ class Supervisor:
             env["FAKETART_SOFTNET_EXIT_AFTER"] = str(k["softnet_exit_after"])
         from . import linuxsys
 
+        # Tart sets only softnet's stdin: its errors reach `tart run`'s own stderr.
         self.softnet = subprocess.Popen(
             argv,
             stdin=b.fileno(),
             stdout=self.console_fd,
-            stderr=self.console_fd,
             env=env,
             preexec_fn=lambda: linuxsys.set_pdeathsig(signal.SIGKILL),  # noqa: PLW1509 - single-threaded
         )
