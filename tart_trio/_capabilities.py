@@ -1,7 +1,7 @@
 """What this host can do for a job, checked before anything is cloned.
 
 The operator's policy (``_policy``) says what jobs may ask for; this module says what the
-installed Tart can do. A job that asks for more is refused with the field, what it needs
+installed Tart and softnet can do. A job that asks for more is refused with the field, what it needs
 and how to get it, instead of failing later at ``tart run``.
 """
 
@@ -11,8 +11,9 @@ from typing import Final
 
 import trio
 
-from tart_trio._config import TaskConfig
-from tart_trio._errors import TartTrioError
+from tart_trio import _softnet
+from tart_trio._config import TaskConfig, network_mode
+from tart_trio._errors import ConfigError, TartTrioError
 from tart_trio._tart import versions
 from tart_trio._tart.cli import Tart
 
@@ -27,3 +28,12 @@ async def check_task(config: TaskConfig, tart: Tart) -> None:
     if too_old:
         raise TartTrioError(too_old)
     versions.check_task(config, installed)
+    mode = network_mode(config.network)
+    if mode in _softnet.MODES:
+        with trio.fail_after(CALL_SECONDS):
+            found = await _softnet.check(tart)
+        if not found.runs:
+            raise ConfigError(
+                "network.mode",
+                f"{mode} networking needs softnet, which cannot run here: {found.problem}",
+            )

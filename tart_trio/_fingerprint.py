@@ -23,6 +23,7 @@ from typing import Final
 
 import trio
 
+from tart_trio import _softnet
 from tart_trio._config import PluginConfig
 from tart_trio._errors import TartTrioError
 from tart_trio._model import AttributeValue, Fingerprint
@@ -44,6 +45,7 @@ ATTRIBUTES: Final = tuple(
         "chip",
         "macos_vm_slots",
         "macos_vm_slots_free",
+        "softnet",
     )
 )
 
@@ -60,11 +62,7 @@ LIST_FAILED: Final = (
     "`tart list` failed; check that TART_HOME (tart_home) exists and is writable by the "
     "user that runs tart."
 )
-SOFTNET_MISSING: Final = (
-    "softnet was not found next to tart or in /opt/homebrew/bin, but allowed_network_modes "
-    "allows softnet or host networking: install it (brew install cirruslabs/cli/softnet) "
-    "or remove those modes."
-)
+SOFTNET_UNAVAILABLE: Final = "softnet and host networking are unavailable:"
 ROOT_ON_MACOS_15: Final = (
     "Running as root on macOS 15 or later: macOS guests fail to start when tart runs as root. "
     "Set tart_user in the plugin configuration to the user who owns the VMs."
@@ -195,18 +193,20 @@ async def root_on_macos_15(probe: Probe) -> Finding:
     return Finding()
 
 
-def softnet_missing(config: PluginConfig, tart: Tart) -> bool:
-    """Whether an allowed network mode needs softnet and tart would not find it."""
-    if not {"softnet", "host"} & set(config.allowed_network_modes):
-        return False
-    return shutil.which("softnet", path=tart.env.get("PATH")) is None
-
-
 async def softnet(probe: Probe) -> Finding:
-    """softnet, which softnet and host networking need."""
-    if softnet_missing(probe.config, probe.tart):
-        return Finding(problem=SOFTNET_MISSING)
-    return Finding()
+    """softnet, which softnet and host networking need; shared and bridged do not.
+
+    ``driver.tart.softnet`` says whether jobs may use those modes here (allowed, softnet
+    found and able to get root); when they may not, the driver stays healthy for the
+    others and says why.
+    """
+    key = f"{PREFIX}.softnet"
+    if not set(_softnet.MODES) & set(probe.config.allowed_network_modes):
+        return Finding({key: False})
+    found = await _softnet.check(probe.tart)
+    if found.runs:
+        return Finding({key: True})
+    return Finding({key: False}, notice=f"{SOFTNET_UNAVAILABLE} {found.problem}")
 
 
 CONCERNS: Final[tuple[tuple[str, Concern], ...]] = (

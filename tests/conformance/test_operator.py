@@ -197,19 +197,28 @@ async def test_leaked_macos_slots_take_the_node_off_macos_jobs_until_a_start_suc
     await sim.call("destroy_task", task_id=again["task_id"])
 
 
-async def test_softnet_missing_is_unhealthy_unless_not_allowed(
+async def test_without_softnet_the_node_stays_healthy_for_the_other_modes(
     sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
 ) -> None:
     tart = f'"{fake_tart.tart_path}"'
     await launch(sim, fake_tart, tmp_path, plugin_hcl(tart_path=tart), PATH="/usr/bin:/bin")
     fp = await fingerprint(sim)
-    assert fp["health"] == "UNHEALTHY" and "softnet" in fp["health_description"]
+    assert fp["health"] == "HEALTHY" and attr(fp, "softnet") is False
+    assert fp["health_description"] == (
+        "Healthy. softnet and host networking are unavailable: softnet was not found next to "
+        "tart or in /opt/homebrew/bin: install it (brew install cirruslabs/cli/softnet)."
+    )
+    message = await refused(sim, job(extra='network {\n mode = "host"\n}'))
+    assert "network.mode: host networking needs softnet, which cannot run here" in message
+    assert fake_tart.calls_of("clone") == []
     await sim.call(
         "set_config",
         with_nomad_config=True,
         hcl=plugin_hcl(tart_path=tart, allowed_network_modes='["shared", "bridged"]'),
     )
-    assert (await fingerprint(sim))["health"] == "HEALTHY"
+    fp = await fingerprint(sim)
+    assert (fp["health"], fp["health_description"]) == ("HEALTHY", "Healthy")
+    assert attr(fp, "softnet") is False
 
 
 def macos_release(directory: Path, version: str) -> Path:

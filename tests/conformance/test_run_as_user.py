@@ -22,6 +22,7 @@ from tests.conformance.nomadsim import NomadSim, NomadSimError
 from tests.conformance.test_lifecycle import wait_for_text
 from tests.conformance.test_operator import attr, fingerprint, macos_release
 from tests.faketart.fixtures import (
+    LINUX_IMAGE,
     MACOS_IMAGE,
     MANY_GROUPS,
     FakeTart,
@@ -29,6 +30,7 @@ from tests.faketart.fixtures import (
     ensure_user,
     fake_tart_for_user,
     needs_guest_reason,
+    pid_alive,
 )
 
 pytestmark = pytest.mark.skipif(needs_guest_reason() is not None, reason=needs_guest_reason() or "")
@@ -162,3 +164,46 @@ def _mine(pid: int, host: FakeTart) -> bool:
         return str(host.home).encode() in Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return False
+
+
+def _softnet_job() -> str:
+    return (
+        'job "ci" {\n  group "g" {\n    task "vm" {\n      driver = "tart"\n'
+        f'      config {{\n        url = "{LINUX_IMAGE}"\n        ssh_user = "admin"\n'
+        '        ssh_password = "admin"\n        network {\n          mode = "softnet"\n'
+        "        }\n      }\n    }\n  }\n}\n"
+    )
+
+
+async def test_softnet_runs_for_the_tart_user_only_with_its_suid_bit(
+    sim: NomadSim, user_host: tuple[FakeTart, Any], tmp_path: Path
+) -> None:
+    """tart run under the driver has no terminal, so Tart never sets softnet's SUID bit."""
+    host, _user = user_host
+    softnet = host.softnet_dir / "softnet"
+    await _launch(sim, host, tmp_path / "plugin.log")
+    fp = await fingerprint(sim)
+    assert fp["health"] == "HEALTHY" and attr(fp, "softnet") is False
+    fix = f"Fix: sudo chown root {softnet} && sudo chmod u+s {softnet}"
+    assert (
+        f"softnet and host networking are unavailable: softnet ({softnet}) cannot get "
+        in (fp["health_description"])
+    )
+    assert fix in fp["health_description"]
+    with pytest.raises(NomadSimError) as refused:
+        await _start(sim, _softnet_job(), _alloc_dir(host))
+    assert refused.value.recoverable is not True
+    assert "network.mode: softnet networking needs softnet, which cannot run here" in (
+        refused.value.message
+    )
+    assert fix in refused.value.message
+    assert host.calls_of("clone") == []
+
+    softnet.chmod(0o4755)  # the operator follows the advice (the file is root's already)
+    assert attr(await fingerprint(sim), "softnet") is True
+    started = await _start(sim, _softnet_job(), _alloc_dir(host))
+    vm = f"nomad-{started['task_config']['alloc_id']}"
+    assert host.runtime(vm)["network"] == "softnet"
+    assert pid_alive(host.runtime(vm)["softnet_pid"]), "softnet runs beside the VM"
+    await sim.call("stop_task", task_id=started["task_id"], timeout_seconds=5)
+    await sim.call("destroy_task", task_id=started["task_id"])
