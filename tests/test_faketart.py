@@ -1135,6 +1135,47 @@ def test_softnet_needs_root_which_tart_gives_it_only_on_a_terminal():
             vm.communicate(timeout=10)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="launchctl asuser needs root")
+def test_launchctl_sessions_and_a_macos_guest_that_needs_one(fake_tart: FakeTart):
+    """macOS 15.2+ guests start only in the GUI login session of the user running tart."""
+    launchctl = str(fake_tart.host_dir / "launchctl")
+    env = fake_tart.env(FAKETART_GUEST="none")
+
+    def ask(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([launchctl, *args], env=env, capture_output=True, text=True)
+
+    r = ask("print", "gui/4242")
+    assert (r.returncode, r.stderr) == (
+        113,
+        "Bad request.\nCould not find domain for user gui: 4242\n",
+    )
+    fake_tart.login(4242)
+    assert ask("print", "gui/4242").returncode == 0
+    fake_tart.logout(4242)
+    assert ask("print", "gui/4242").returncode == 113
+
+    fake_tart.make_vm("mac")
+    fake_tart.set_knobs("mac", needs_login_session=True)
+    r = fake_tart.tart("run", "mac", "--no-graphics", env=env)
+    assert r.returncode == 1 and r.stderr.startswith(
+        'Error: Error Domain=VZErrorDomain Code=1 "The virtual machine failed to start."'
+    )
+    fake_tart.login(os.getuid())  # logged in, but a process must join the session
+    assert fake_tart.tart("run", "mac", "--no-graphics", env=env).returncode == 1
+    run = subprocess.Popen(
+        [launchctl, "asuser", str(os.getuid()), str(fake_tart.tart_path), "run", "mac"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        fake_tart.wait_ip("mac", proc=run)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.communicate(timeout=10)
+
+
 @needs_guest
 def test_mac_collision_on_run(fake_tart: FakeTart):
     fake_tart.make_vm("a", LINUX_IMAGE)

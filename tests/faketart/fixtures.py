@@ -29,6 +29,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 BIN_DIR = HERE  # holds the `tart` executable
 SOFTNET_DIR = HERE / "bin"  # holds the fake `softnet`
+HOST_DIR = HERE / "host"  # the fake macOS tools: `launchctl`
 TART = BIN_DIR / "tart"
 
 DEFAULT_IMAGES: dict[str, dict[str, Any]] = {
@@ -162,6 +163,8 @@ class FakeTart:
         self.softnet_dir = root / "bin"
         self.tart_path = root / "tart"
         self.registry_path = scratch / "faketart-registry.json"
+        self.host_dir = HOST_DIR
+        self.sessions_path = scratch / "faketart-sessions.json"
         self.control_path = home / "faketart-control.json"
         self.strict_teardown = False
         self.leftovers: list[str] = []
@@ -200,6 +203,7 @@ class FakeTart:
         env["PATH"] = os.pathsep.join([*dirs, path])
         env["TART_HOME"] = str(self.home)
         env["FAKETART_REGISTRY"] = str(self.registry_path)
+        env["FAKETART_LOGIN_SESSIONS"] = str(self.sessions_path)
         if ci:
             env["CI"] = "true"
         else:
@@ -340,6 +344,22 @@ class FakeTart:
 
     def clear_knobs(self) -> None:
         self._write_control({})
+
+    def login(self, uid: int) -> None:
+        """The user ``uid`` logs in at the GUI (see the fake ``launchctl``)."""
+        self._set_session(uid, True)
+
+    def logout(self, uid: int) -> None:
+        """The user ``uid`` logs out of the GUI."""
+        self._set_session(uid, False)
+
+    def _set_session(self, uid: int, present: bool) -> None:
+        try:
+            users = set(json.loads(self.sessions_path.read_text()).get("gui", []))
+        except FileNotFoundError:
+            users = set()
+        users = users | {uid} if present else users - {uid}
+        self.sessions_path.write_text(json.dumps({"gui": sorted(users)}))
 
     # -- VMs ----------------------------------------------------------------
     def clone(self, image: str, name: str, *, random_mac: bool = True) -> None:

@@ -46,6 +46,9 @@ DEFAULTS: dict = {
     "max_sessions": 10,  # the guest sshd's MaxSessions (OpenSSH's and macOS's default)
     "clone_seconds": 0.0,  # s `tart clone` spends copying, holding the $TART_HOME lock
     "init_seconds": 0.0,  # s `tart run` spends building the VM before it takes the VM's lock
+    # a macOS 15.2+ guest: it starts only when `tart run` is in the GUI login session of
+    # the user running it (Tart FAQ "Headless machines"; openai/tart #1075)
+    "needs_login_session": False,
 }
 
 DEFAULT_START_FAILURE = (

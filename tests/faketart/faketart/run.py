@@ -378,6 +378,11 @@ def which(prog: str) -> str | None:
     return shutil.which(prog, path=os.environ.get("PATH", os.defpath))
 
 
+def in_login_session() -> bool:
+    """Whether this process is in the GUI login session of its user (see host/launchctl)."""
+    return os.environ.get("FAKETART_AUDIT_SESSION") == f"gui/{os.getuid()}"
+
+
 def configure_suid_bit_if_needed(softnet: str) -> None:
     """Softnet.swift ``configureSUIDBitIfNeeded``, which `tart run` calls only on a terminal.
 
@@ -479,6 +484,10 @@ def cmd_run(o: dict) -> int:
         fail = _knobs.failure(k.get("start_failure"), _knobs.DEFAULT_START_FAILURE)
         if fail:
             raise Verbatim(*fail)
+        if cfg.get("os") == "darwin" and k.get("needs_login_session") and not in_login_session():
+            # Virtualization.framework cannot reach the user's login keychain
+            # (SecKeyCreateRandomKey_ios failed, in the unified log) and the VM fails.
+            raise Verbatim(_knobs.DEFAULT_START_FAILURE, 1)
         if cfg.get("os") == "darwin":
             limit = int(os.environ.get("FAKETART_MAX_MACOS_VMS", "2"))
             limit -= int(_knobs.host(home).get("leaked_macos_slots") or 0)
