@@ -124,6 +124,13 @@ class PluginConfig(Base, frozen=True):
     tart_home: Annotated[
         str, _doc("TART_HOME for every tart command; empty keeps tart's default (~/.tart).")
     ] = ""
+    run_in_login_session: Annotated[
+        bool,
+        _doc(
+            "With tart_user: start tart run in that user's GUI login session (launchctl "
+            "asuser), where macOS 15.2+ guests can use its login keychain."
+        ),
+    ] = False
     fingerprint_period: Annotated[
         str, _doc("How often the driver re-checks tart and reports to Nomad.")
     ] = "30s"
@@ -219,6 +226,13 @@ _DURATIONS: Final = (
 
 def validate_plugin_config(config: PluginConfig) -> None:
     """Check the values msgspec's types cannot."""
+    if config.run_in_login_session and not config.tart_user:
+        raise ConfigError(
+            "run_in_login_session",
+            "needs tart_user: the session is that user's (a plugin without tart_user runs "
+            "tart in its own session)",
+            scope="plugin config",
+        )
     for i, mode in enumerate(config.allowed_network_modes):
         if mode not in ("shared", "host", "bridged", "softnet"):
             raise ConfigError(

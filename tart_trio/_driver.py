@@ -11,7 +11,7 @@ from typing import Final
 import trio
 
 from tart_trio import _capabilities as capabilities
-from tart_trio import _fingerprint, _stats
+from tart_trio import _fingerprint, _session, _stats
 from tart_trio._config import PluginConfig, decode_plugin_config, decode_task_config
 from tart_trio._errors import TartTrioError, TaskNotFound
 from tart_trio._events import EventBus
@@ -185,8 +185,9 @@ class Driver:
 
     def _context(self) -> TaskContext:
         assert self._pulls is not None
+        tart = self._tart()
         return TaskContext(
-            tart=self._tart(),
+            tart=tart,
             pulls=self._pulls,
             boot_timeout=self.config.seconds("boot_timeout"),
             pull_timeout=self.config.seconds("image_pull_timeout"),
@@ -195,7 +196,16 @@ class Driver:
             launch_lock=self._launch_lock,
             provision_lock=self._provision_lock,
             slots=self.slots,
+            launch_prefix=self._launch_prefix(tart),
         )
+
+    def _launch_prefix(self, tart: Tart) -> tuple[str, ...]:
+        """``launchctl asuser UID`` with ``run_in_login_session`` (the fingerprint says
+        when launchctl is missing)."""
+        if not self.config.run_in_login_session or tart.user is None:
+            return ()
+        launchctl = _session.launchctl(tart.env)
+        return () if launchctl is None else tuple(_session.in_session_of(launchctl, tart.user.uid))
 
     def _emitter(self, task: NomadTask) -> Callable[[str, dict[str, str]], None]:
         def emit(message: str, annotations: dict[str, str]) -> None:

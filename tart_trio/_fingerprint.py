@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import platform
+import pwd
 import shutil
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping
@@ -23,7 +24,7 @@ from typing import Final
 
 import trio
 
-from tart_trio import _softnet
+from tart_trio import _session, _softnet
 from tart_trio._config import PluginConfig
 from tart_trio._errors import TartTrioError
 from tart_trio._model import AttributeValue, Fingerprint
@@ -46,6 +47,7 @@ ATTRIBUTES: Final = tuple(
         "macos_vm_slots",
         "macos_vm_slots_free",
         "softnet",
+        "login_session",
     )
 )
 
@@ -70,6 +72,10 @@ ROOT_ON_MACOS_15: Final = (
 HOME_MISSING: Final = (
     "The home directory of tart_user does not exist; tart keeps its VMs in ~/.tart and "
     "needs it. Create the user's home directory or set tart_home."
+)
+NO_LAUNCHCTL: Final = (
+    "run_in_login_session is set, but launchctl was not found: it starts tart run in "
+    "tart_user's login session, which exists only on macOS."
 )
 HEALTHY: Final = "Healthy"
 
@@ -209,12 +215,53 @@ async def softnet(probe: Probe) -> Finding:
     return Finding({key: False}, notice=f"{SOFTNET_UNAVAILABLE} {found.problem}")
 
 
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+async def login_session(probe: Probe) -> Finding:
+    """Whether the user that runs tart has a GUI login session, which macOS 15.2 and later
+    guests need (on macOS 15 and later hosts), and whether tart runs in it."""
+    launchctl = _session.launchctl(probe.tart.env)
+    if launchctl is None:
+        if probe.config.run_in_login_session:
+            return Finding(problem=NO_LAUNCHCTL)
+        return Finding()  # not a Mac
+    user = probe.tart.user
+    uid = user.uid if user is not None else os.geteuid()
+    if uid == 0:
+        return Finding()  # root has no login session of its own: see root_on_macos_15
+    logged_in = await _session.logged_in(launchctl, uid)
+    attributes = {f"{PREFIX}.login_session": logged_in}
+    if _major(probe.macos_version) < 15:
+        return Finding(attributes)
+    name = user.name if user is not None else _user_name(uid)
+    if not logged_in:
+        return Finding(
+            attributes,
+            notice=f"{name} has no GUI login session: macOS 15.2 and later guests fail to "
+            f"start without one (Tart FAQ, Headless machines). Log {name} in at the console, "
+            "e.g. with automatic login.",
+        )
+    if user is not None and not probe.config.run_in_login_session:
+        return Finding(
+            attributes,
+            notice=f"tart runs as {name} outside its login session, where macOS 15.2 and later "
+            "guests fail to start: set run_in_login_session = true.",
+        )
+    return Finding(attributes)
+
+
 CONCERNS: Final[tuple[tuple[str, Concern], ...]] = (
     ("the host", host),
     ("the tart version", tart_version),
     ("the macOS VM slots", vm_slots),
     ("running as root", root_on_macos_15),
     ("softnet", softnet),
+    ("the login session", login_session),
 )
 
 

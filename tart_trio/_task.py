@@ -41,6 +41,12 @@ from tart_trio._tart.cli import Tart, TartCommandError
 log = logging.getLogger("task")
 
 TART_CALL_SECONDS: Final = 120.0
+FAILED_TO_START: Final = "The virtual machine failed to start."
+MACOS_START_HINT: Final = (
+    "macOS 15.2 and later guests start only in the GUI login session of the user that runs "
+    "tart, or with its login keychain unlocked: see driver.tart.login_session and the "
+    "plugin option run_in_login_session"
+)
 FORCE_SECONDS: Final = 15.0
 SHUTDOWN_SSH_SECONDS: Final = 5.0
 #: How long growing a macOS guest's APFS container may take (repairDisk, resizeContainer).
@@ -70,6 +76,9 @@ class TaskContext:
     launch_lock: trio.Lock
     provision_lock: trio.Lock
     slots: MacOSSlots
+    #: Before the supervisor's command: starts it in tart_user's login session
+    #: (``run_in_login_session``), so that ``tart run`` runs there.
+    launch_prefix: tuple[str, ...] = ()
 
 
 def _now() -> datetime:
@@ -345,6 +354,7 @@ class TaskRunner:
         secrets = str(Path(self.task.alloc_dir) / self.task.name / "secrets")
         run = tart.argv(*tart_argv.run_argv(self.vm_name, self.config, secrets))
         command = [
+            *self.ctx.launch_prefix,
             sys.executable,
             "-m",
             "tart_trio._supervisor",
@@ -369,9 +379,11 @@ class TaskRunner:
             start_new_session=True,
             check=False,
         )
-        if result.returncode != 0:
-            raise TartTrioError(f"cannot start the VM supervisor: {result.stderr.decode()}")
-        pid = int(result.stdout.split()[0])
+        reported = result.stdout.split()
+        if result.returncode != 0 or not reported or not reported[0].isdigit():
+            why = result.stderr.decode(errors="replace").strip() or "it reported no pid"
+            raise TartTrioError(f"cannot start the VM supervisor: {why}")
+        pid = int(reported[0])
         self.supervisor = (pid, _proc.start_time(pid))
         return self.supervisor
 
@@ -433,6 +445,8 @@ class TaskRunner:
             message += f": {output}"
         if hit_vm_limit(output):
             return RecoverableError(message + " (Apple allows two macOS VMs per host)")
+        if self._darwin and FAILED_TO_START in output:
+            message += f" ({MACOS_START_HINT})"
         return TartTrioError(message)
 
     async def _rollback(self) -> None:

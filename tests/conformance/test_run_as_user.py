@@ -58,13 +58,19 @@ def _job(project: Path) -> str:
     )
 
 
-async def _launch(sim: NomadSim, host: FakeTart, log: Path) -> None:
+async def _launch(sim: NomadSim, host: FakeTart, log: Path, settings: str = "") -> None:
+    """The plugin on a macOS 15.3.1 host with launchctl, as root with ``tart_user``."""
     macos = macos_release(host.scratch / "macos", "15.3.1")  # root plus a tart_user: fine
-    await sim.call("launch", **launch_args(log, **host.env(PATH=f"{macos}:{host.env()['PATH']}")))
+    path = f"{macos}:{host.host_dir}:{host.env()['PATH']}"
+    await sim.call("launch", **launch_args(log, **host.env(PATH=path)))
+    await _configure(sim, host, settings)
+
+
+async def _configure(sim: NomadSim, host: FakeTart, settings: str = "") -> None:
     plugin = (
         'plugin "nomad-driver-tart" {\n  config {\n'
         f'    tart_user = "{USER}"\n    tart_home = "{host.home}"\n'
-        '    boot_timeout = "30s"\n  }\n}\n'
+        f'    boot_timeout = "30s"\n{settings}  }}\n}}\n'
     )
     await sim.call("set_config", hcl=plugin, with_nomad_config=True)
 
@@ -104,6 +110,7 @@ async def test_a_task_lives_and_dies_with_tart_run_by_the_tart_user(
 
     fp = await fingerprint(sim)
     assert fp["health"] == "HEALTHY" and attr(fp, "macos_version") == "15.3.1"
+    assert attr(fp, "login_session") is False
     started = await _start(sim, _job(project), alloc_dir)
     task_id = started["task_id"]
     vm = f"nomad-{alloc_dir.name}"
@@ -207,3 +214,39 @@ async def test_softnet_runs_for_the_tart_user_only_with_its_suid_bit(
     assert pid_alive(host.runtime(vm)["softnet_pid"]), "softnet runs beside the VM"
     await sim.call("stop_task", task_id=started["task_id"], timeout_seconds=5)
     await sim.call("destroy_task", task_id=started["task_id"])
+
+
+async def test_macos_guests_start_in_the_tart_users_login_session(
+    sim: NomadSim, user_host: tuple[FakeTart, Any], tmp_path: Path
+) -> None:
+    """A root daemon that only setuids to tart_user runs tart outside its login session."""
+    host, user = user_host
+    host.set_image_knobs(MACOS_IMAGE, needs_login_session=True)  # a macOS 15.2+ guest
+    host.login(user.pw_uid)
+    await _launch(sim, host, tmp_path / "plugin.log")
+    fp = await fingerprint(sim)
+    assert fp["health"] == "HEALTHY" and attr(fp, "login_session") is True
+    assert (
+        f"tart runs as {USER} outside its login session, where macOS 15.2 and later guests "
+        "fail to start: set run_in_login_session = true."
+    ) in fp["health_description"]
+    with pytest.raises(NomadSimError) as failed:
+        await _start(sim, _job(host.scratch), _alloc_dir(host))
+    assert "The virtual machine failed to start." in failed.value.message
+    assert "run_in_login_session" in failed.value.message, "the error says where to look"
+    assert list((host.home / "vms").iterdir()) == [], "the failed start left no VM"
+
+    await _configure(sim, host, "    run_in_login_session = true\n")
+    fp = await fingerprint(sim)
+    assert "login session" not in fp["health_description"]
+    started = await _start(sim, _job(host.scratch), _alloc_dir(host))
+    await sim.call("stop_task", task_id=started["task_id"], timeout_seconds=5)
+    await sim.call("destroy_task", task_id=started["task_id"])
+
+    host.logout(user.pw_uid)
+    fp = await fingerprint(sim)
+    assert attr(fp, "login_session") is False
+    assert (
+        f"{USER} has no GUI login session: macOS 15.2 and later guests fail"
+        in (fp["health_description"])
+    )
