@@ -199,6 +199,9 @@ def test_plugin_config_defaults_and_errors() -> None:
     )
     with pytest.raises(ConfigError, match="invalid plugin config: fingerprint_period: 'often'"):
         decode_plugin_config(bad)
+    session = msgspec.msgpack.encode({"run_in_login_session": True})
+    with pytest.raises(ConfigError, match="run_in_login_session: needs tart_user"):
+        decode_plugin_config(session)
 
 
 def test_task_config_struct_is_the_documented_one() -> None:
