@@ -374,7 +374,18 @@ func opTaskStats(s *sim, raw json.RawMessage) (interface{}, error) {
 		s.dropStream(st.id)
 		return nil, err
 	}
-	return &streamOpen{s: s, st: st, recv: func() (proto.Message, error) { return cl.Recv() }}, nil
+	host := computeOf(s.topologyFor(a.Plugin))
+	recv := func() (proto.Message, error) {
+		msg, err := cl.Recv()
+		if err == nil {
+			if bad := checkStats(msg, host); bad != nil {
+				st.cancel()
+				return nil, localErrorf("TaskStats: %v", bad)
+			}
+		}
+		return msg, err
+	}
+	return &streamOpen{s: s, st: st, recv: recv}, nil
 }
 
 func opCloseStream(s *sim, raw json.RawMessage) (interface{}, error) {
@@ -595,7 +606,7 @@ func randomUUID() string {
 
 // buildTaskConfig turns the test's task JSON into a TaskConfig, filling in
 // what Nomad's task runner would (ids, names, resources, NOMAD_* env).
-func buildTaskConfig(a startTaskArgs, jobName, groupName string) (*driverpb.TaskConfig, error) {
+func buildTaskConfig(a startTaskArgs, jobName, groupName string, host compute) (*driverpb.TaskConfig, error) {
 	fields := map[string]json.RawMessage{}
 	if len(a.Task) > 0 && string(a.Task) != "null" {
 		if err := json.Unmarshal(a.Task, &fields); err != nil {
@@ -634,6 +645,8 @@ func buildTaskConfig(a startTaskArgs, jobName, groupName string) (*driverpb.Task
 				MemoryLimitBytes: maxInt64(simple.MemoryMB, simple.MemoryMaxMB) * 1024 * 1024,
 				CpusetCpus:       simple.CpusetCpus,
 				CpusetCgroup:     simple.CpusetCgrp,
+				// task_runner.go: cpu_shares / the node's usable compute
+				PercentTicks: float64(simple.CPUShares) / float64(maxUint64(host.usable, 1)),
 			},
 		}
 		if len(simple.Ports) > 0 && string(simple.Ports) != "null" {
@@ -743,6 +756,13 @@ func maxInt64(a, b int64) int64 {
 	return b
 }
 
+func maxUint64(a, b uint64) uint64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
 func minInt(a, b int) int {
 	if a < b {
 		return a
@@ -773,7 +793,7 @@ func opStartTask(s *sim, raw json.RawMessage) (interface{}, error) {
 	if a.TaskName == "" {
 		a.TaskName = taskName
 	}
-	cfg, err := buildTaskConfig(a, jobName, groupName)
+	cfg, err := buildTaskConfig(a, jobName, groupName, computeOf(s.topologyFor(a.Plugin)))
 	if err != nil {
 		return nil, err
 	}

@@ -198,6 +198,10 @@ type setConfigArgs struct {
 	APIVersion      *string `json:"api_version"`
 	MsgpackB64      *string `json:"msgpack_b64"`
 	Mode            string  `json:"mode"`
+	// Topology replaces the host's (jsonpb ClientTopology); NoTopology sends
+	// none, as Nomad before 1.7 did.
+	Topology   json.RawMessage `json:"topology"`
+	NoTopology bool            `json:"no_topology"`
 }
 
 // pluginConfigBody finds `plugin "NAME" { config { ... } }` in an agent
@@ -293,7 +297,20 @@ func opSetConfig(s *sim, raw json.RawMessage) (interface{}, error) {
 		req.PluginApiVersion = *a.APIVersion
 	}
 	if a.WithNomadConfig {
-		req.NomadConfig = &basepb.NomadConfig{Driver: &basepb.NomadDriverConfig{ClientMinPort: 14000, ClientMaxPort: 14512}}
+		driver := &basepb.NomadDriverConfig{ClientMinPort: 14000, ClientMaxPort: 14512}
+		if !a.NoTopology {
+			driver.Topology = hostTopology()
+			if len(a.Topology) > 0 && string(a.Topology) != "null" {
+				driver.Topology = &basepb.ClientTopology{}
+				if err := pbFromJSON(a.Topology, driver.Topology); err != nil {
+					return nil, err
+				}
+			}
+			s.mu.Lock()
+			s.topologies[pick(a.Plugin, "default")] = driver.Topology
+			s.mu.Unlock()
+		}
+		req.NomadConfig = &basepb.NomadConfig{Driver: driver}
 	}
 	if _, err := p.base.SetConfig(ctx, req); err != nil {
 		return nil, err

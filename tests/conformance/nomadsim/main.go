@@ -12,6 +12,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	basepb "nomadsim/gen/base"
 )
 
 // request is one command line read from stdin.
@@ -34,6 +36,8 @@ type sim struct {
 	tasks     map[string]*taskState
 	streams   map[int64]*streamState
 	nextSID   int64
+	// the Topology each plugin got with SetConfig (see topology.go)
+	topologies map[string]*basepb.ClientTopology
 
 	// launchMu serialises launches: an env override is applied to the
 	// process environment while go-plugin builds the child's environment.
@@ -46,6 +50,8 @@ func newSim() *sim {
 		plugins: map[string]*pluginInst{},
 		tasks:   map[string]*taskState{},
 		streams: map[int64]*streamState{},
+
+		topologies: map[string]*basepb.ClientTopology{},
 	}
 }
 
