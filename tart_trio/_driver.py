@@ -21,6 +21,7 @@ from tart_trio._model import (
     ExecOutput,
     ExitResult,
     Fingerprint,
+    HostCompute,
     NomadTask,
     PluginInfo,
     ResourceUsage,
@@ -85,6 +86,7 @@ class Driver:
         self.config = PluginConfig()
         self.api_version = ""
         self.client_port_range: tuple[int, int] | None = None
+        self.host_compute: HostCompute | None = None
         self.events = EventBus()
         self._config_changed = trio.Event()
         self._tasks: dict[str, TaskRunner] = {}
@@ -115,13 +117,22 @@ class Driver:
         return PluginInfo(name=NAME, version=__version__, api_versions=API_VERSIONS)
 
     def set_config(
-        self, msgpack_config: bytes, api_version: str, client_ports: tuple[int, int] | None
+        self,
+        msgpack_config: bytes,
+        api_version: str,
+        client_ports: tuple[int, int] | None,
+        topology: tuple[list[int], int] | None = None,
     ) -> None:
-        """Decode and keep the agent's plugin config. Cheap and free of side effects."""
+        """Decode and keep the agent's plugin config. Cheap and free of side effects.
+
+        ``topology`` is the host's CPU as Nomad sees it (each core's MHz, the operator's
+        total-compute override), which task stats report their MHz against.
+        """
         self.config = decode_plugin_config(msgpack_config)
         self.api_version = api_version
         if client_ports is not None:
             self.client_port_range = client_ports
+            self.host_compute = _stats.host_compute(*topology) if topology else None
             self._serving.set()
         self._fingerprint_soon()
         log.debug("plugin configured", extra={"api_version": api_version})
@@ -381,7 +392,8 @@ class Driver:
     ) -> None:
         """Sample the VM's processes every ``interval`` until the task ends or we are cancelled."""
         runner = self._runner(task_id)
-        sampler = _stats.Sampler(runner.process_roots)
+        compute = self.host_compute or _stats.task_compute(runner.task)
+        sampler = _stats.Sampler(runner.process_roots, compute)
         unexpected = _Unexpected("TaskStats")
         while not runner.exited.is_set():
             try:

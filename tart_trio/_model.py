@@ -77,6 +77,8 @@ class NomadTask(msgspec.Struct, frozen=True, kw_only=True):
     memory_mb: int = 0
     memory_max_mb: int = 0
     user: str = ""
+    #: cpu_shares / the node's usable compute (LinuxResources.PercentTicks, on every OS).
+    percent_ticks: float = 0.0
 
     @property
     def reserved_cores(self) -> int:
@@ -99,14 +101,32 @@ class TaskStatus(msgspec.Struct, frozen=True):
     attributes: dict[str, str]
 
 
+class HostCompute(msgspec.Struct, frozen=True):
+    """The host's CPU as Nomad counts it: total MHz over all cores, and the core count."""
+
+    total_mhz: float
+    cores: int
+
+
+class ProcessUsage(msgspec.Struct, frozen=True):
+    """What one process (or all of the VM's) uses, with the meanings Nomad gives them.
+
+    ``cpu_percent`` is summed over processes, 100 for each core kept busy; ``cpu_mhz`` is
+    Nomad's ``TotalTicks``: the CPU in use now in MHz (percent / 100 * total MHz / cores),
+    None when the host's capacity is unknown; ``rss_bytes`` is the resident set size.
+    """
+
+    cpu_percent: float
+    cpu_mhz: float | None
+    rss_bytes: int
+
+
 class ResourceUsage(msgspec.Struct, frozen=True):
     """One TaskStats sample of the processes that make up the VM."""
 
     timestamp: datetime
-    cpu_percent: float
-    cpu_total_ticks: float
-    rss_bytes: int
-    by_pid: dict[str, tuple[float, int]] = {}
+    total: ProcessUsage
+    by_pid: dict[str, ProcessUsage] = {}
 
 
 class ExecOutput(msgspec.Struct, frozen=True):

@@ -2,7 +2,8 @@
 
 On macOS the guest runs in Virtualization.framework's XPC service, which launchd starts
 (it is not a child of ``tart``); it is found as the process that has the VM's ``disk.img``
-open. Measured: CPU percent and total ticks, and RSS. Nothing else is claimed.
+open. Measured: CPU percent, the CPU in use in MHz (what Nomad calls total ticks) and RSS.
+Nothing else is claimed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Final
 
 import trio
 
-from tart_trio._model import ResourceUsage
+from tart_trio._model import HostCompute, NomadTask, ProcessUsage, ResourceUsage
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -253,12 +254,43 @@ def _select(scan: _Scan, roots: list[int], disk: str) -> Snapshot:
     return scan.taken, {pid: (table[pid][1], table[pid][2]) for pid in wanted}
 
 
-class Sampler:
-    """Turns successive snapshots into CPU percentages."""
+def host_compute(core_mhz: list[int], override_total_mhz: int = 0) -> HostCompute | None:
+    """The host's CPU from the topology Nomad sends: as Nomad's ``Topology.TotalCompute``
+    (the operator's ``cpu_total_compute`` if set, else the sum of the cores' speeds) and
+    ``NumCores``. None when it says nothing usable."""
+    total = override_total_mhz or sum(core_mhz)
+    if not core_mhz or total <= 0:
+        return None
+    return HostCompute(total_mhz=float(total), cores=len(core_mhz))
 
-    def __init__(self, sources: Callable[[], tuple[list[int], str]]) -> None:
+
+def task_compute(task: NomadTask) -> HostCompute | None:
+    """Without a topology (Nomad before 1.7, or a reattach without SetConfig): the node's
+    usable compute is ``cpu_shares / PercentTicks`` (Nomad's task runner), on every core."""
+    if task.cpu_shares <= 0 or task.percent_ticks <= 0:
+        return None
+    return HostCompute(total_mhz=task.cpu_shares / task.percent_ticks, cores=os.cpu_count() or 1)
+
+
+class Sampler:
+    """Turns successive snapshots into CPU percentages and MHz, as Nomad's executor does.
+
+    Percent is a process's CPU time over the interval's wall time (100 per busy core),
+    summed over the VM's processes; MHz is Nomad's TicksConsumed: percent / 100 * the
+    host's total MHz / its cores (``client/lib/cpustats/stats.go``).
+    """
+
+    def __init__(
+        self, sources: Callable[[], tuple[list[int], str]], compute: HostCompute | None = None
+    ) -> None:
         self._sources = sources
+        self._compute = compute
         self._last: tuple[float, dict[int, tuple[float, int]]] | None = None
+
+    def _mhz(self, percent: float) -> float | None:
+        if self._compute is None:
+            return None
+        return percent / 100 * self._compute.total_mhz / self._compute.cores
 
     async def sample(self) -> ResourceUsage:
         """One sample; the first reports 0 % CPU (there is no interval yet)."""
@@ -270,19 +302,19 @@ class Sampler:
             taken = await trio.to_thread.run_sync(snapshot, roots, disk, newer_than)
         now, procs = taken
         percent = 0.0
-        by_pid: dict[str, tuple[float, int]] = {}
+        by_pid: dict[str, ProcessUsage] = {}
         if self._last is not None:
             then, before = self._last
             elapsed = max(now - then, 1e-6)
             for pid, (cpu, rss) in procs.items():
                 delta = max(cpu - before.get(pid, (cpu, 0))[0], 0.0)
-                by_pid[str(pid)] = (delta / elapsed * 100, rss)
-                percent += delta / elapsed * 100
+                share = delta / elapsed * 100
+                by_pid[str(pid)] = ProcessUsage(share, self._mhz(share), rss)
+                percent += share
         self._last = (now, procs)
+        rss = sum(rss for _, rss in procs.values())
         return ResourceUsage(
             timestamp=datetime.now(UTC),
-            cpu_percent=percent,
-            cpu_total_ticks=sum(cpu for cpu, _ in procs.values()) * _CLK_TCK,
-            rss_bytes=sum(rss for _, rss in procs.values()),
+            total=ProcessUsage(percent, self._mhz(percent), rss),
             by_pid=by_pid,
         )

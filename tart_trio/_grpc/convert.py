@@ -17,6 +17,7 @@ from tart_trio._model import (
     Fingerprint,
     NomadTask,
     PluginInfo,
+    ProcessUsage,
     ResourceUsage,
     StdinClose,
     StdinData,
@@ -170,6 +171,7 @@ def nomad_task(task: driver_pb2.TaskConfig) -> NomadTask:
         memory_mb=allocated.memory.memory_mb,
         memory_max_mb=allocated.memory.memory_max_mb,
         user=task.user,
+        percent_ticks=resources.linux_resources.PercentTicks,
     )
 
 
@@ -214,14 +216,19 @@ def task_status(status: TaskStatus) -> driver_pb2.InspectTaskResponse:
     )
 
 
-def _usage(percent: float, ticks: float, rss: int) -> driver_pb2.TaskResourceUsage:
+def _usage(usage: ProcessUsage) -> driver_pb2.TaskResourceUsage:
+    measured = [driver_pb2.CPUUsage.PERCENT]
+    if usage.cpu_mhz is not None:
+        measured.append(driver_pb2.CPUUsage.TOTAL_TICKS)
     return driver_pb2.TaskResourceUsage(
         cpu=driver_pb2.CPUUsage(
-            percent=percent,
-            total_ticks=ticks,
-            measured_fields=[driver_pb2.CPUUsage.PERCENT, driver_pb2.CPUUsage.TOTAL_TICKS],
+            percent=usage.cpu_percent,
+            total_ticks=usage.cpu_mhz or 0.0,
+            measured_fields=measured,
         ),
-        memory=driver_pb2.MemoryUsage(rss=rss, measured_fields=[driver_pb2.MemoryUsage.RSS]),
+        memory=driver_pb2.MemoryUsage(
+            rss=usage.rss_bytes, measured_fields=[driver_pb2.MemoryUsage.RSS]
+        ),
     )
 
 
@@ -231,12 +238,19 @@ def task_stats(task_id: str, usage: ResourceUsage) -> driver_pb2.TaskStatsRespon
         stats=driver_pb2.TaskStats(
             id=task_id,
             timestamp=timestamp(usage.timestamp),
-            agg_resource_usage=_usage(usage.cpu_percent, usage.cpu_total_ticks, usage.rss_bytes),
-            resource_usage_by_pid={
-                pid: _usage(cpu, 0.0, rss) for pid, (cpu, rss) in usage.by_pid.items()
-            },
+            agg_resource_usage=_usage(usage.total),
+            resource_usage_by_pid={pid: _usage(one) for pid, one in usage.by_pid.items()},
         )
     )
+
+
+def topology(driver: base_pb2.NomadDriverConfig) -> tuple[list[int], int] | None:
+    """The cores' speeds (MHz, as Nomad's ``Core.MHz``) and the total-compute override of
+    the topology Nomad 1.7+ sends with SetConfig; None when it sends none."""
+    if not driver.HasField("Topology"):
+        return None
+    cores = [c.base_speed or c.max_speed or c.guess_speed for c in driver.Topology.cores]
+    return cores, driver.Topology.override_total_compute
 
 
 def start_response(

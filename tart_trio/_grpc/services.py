@@ -51,10 +51,12 @@ class BasePlugin(base_grpc.BasePluginBase):
         request = await stream.recv_message()
         assert request is not None
         ports = None
+        topology = None
         if request.HasField("nomad_config") and request.nomad_config.HasField("driver"):
             driver = request.nomad_config.driver
             ports = (driver.ClientMinPort, driver.ClientMaxPort)
-        self._driver.set_config(request.msgpack_config, request.plugin_api_version, ports)
+            topology = convert.topology(driver)
+        self._driver.set_config(request.msgpack_config, request.plugin_api_version, ports, topology)
         await stream.send_message(base_pb2.SetConfigResponse())
 
 
