@@ -130,6 +130,12 @@ async def test_stats_are_what_nomad_alloc_status_shows(
         cpu = (await _busy_sample(stream))["agg_resource_usage"]["cpu"]
         await sim.call("close_stream", stream=stream.id)
         assert float(cpu["total_ticks"]) == pytest.approx(float(cpu["percent"]) * 25, rel=0.01)
+
+        # Nomad before 1.7 sends no topology: the node's compute is cpu_shares / PercentTicks.
+        await sim.call("set_config", hcl=PLUGIN, with_nomad_config=True, no_topology=True)
+        stream = await sim.open_stream("task_stats", task_id=task["task_id"], interval_seconds=0.2)
+        await _busy_sample(stream)
+        await sim.call("close_stream", stream=stream.id)
     finally:
         busy.kill()
         busy.communicate()

@@ -309,6 +309,10 @@ func opSetConfig(s *sim, raw json.RawMessage) (interface{}, error) {
 			s.mu.Lock()
 			s.topologies[pick(a.Plugin, "default")] = driver.Topology
 			s.mu.Unlock()
+		} else {
+			s.mu.Lock()
+			delete(s.topologies, pick(a.Plugin, "default"))
+			s.mu.Unlock()
 		}
 		req.NomadConfig = &basepb.NomadConfig{Driver: driver}
 	}
