@@ -8,6 +8,7 @@ plugin "nomad-driver-tart" {
     tart_path          = ""    # empty: tart on PATH, then /opt/homebrew/bin/tart
     tart_user          = ""    # as root: run tart as this user (needed for macOS 15+ guests)
     tart_home          = ""    # empty: tart's default, ~/.tart of the user running tart
+    run_in_login_session = false # with tart_user: tart run in its login session (macOS 15.2+ guests)
     fingerprint_period = "30s"
 
     boot_timeout                  = "10m"

@@ -16,6 +16,9 @@ plugin "nomad-driver-tart" {
   config {
     tart_path             = "/opt/homebrew/bin/tart"
     tart_user             = "ci"
+    # macOS 15.2+ guests start only in ci's login session: keep ci logged in at the
+    # console (automatic login) and start tart run there (see the README).
+    run_in_login_session  = true
     allowed_images        = ["ghcr.io/cirruslabs/macos-*", "registry.example.com/ci/*"]
     allowed_directories   = ["/Users/ci/shared"]
     allowed_network_modes = ["shared", "softnet"]

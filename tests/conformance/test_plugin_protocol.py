@@ -74,6 +74,7 @@ async def test_plugin_info_and_schemas(sim: NomadSim, tmp_path: Path) -> None:
             PluginConfig(
                 tart_path="/opt/homebrew/bin/tart",
                 tart_user="ci",
+                run_in_login_session=True,
                 allowed_images=("ghcr.io/cirruslabs/macos-*", "registry.example.com/ci/*"),
                 allowed_directories=("/Users/ci/shared",),
                 allowed_network_modes=("shared", "softnet"),
