@@ -196,12 +196,13 @@ class _SharedScans:
                 scan = self._last
                 linux = sys.platform.startswith("linux")
                 table = _linux_table() if linux else _ps_table()
+                taken = time.monotonic()  # when the CPU times were read, not after the holders
                 if scan is None or new_disk or self._holders_stale(scan.holders, table, now):
                     holders = _disk_holders(set(self._disks), linux)
                     self._holders_at = now
                 else:
                     holders = scan.holders
-                scan = self._last = _Scan(time.monotonic(), table, holders)
+                scan = self._last = _Scan(taken, table, holders)
             return scan
 
     def _holders_stale(self, holders: dict[str, set[int]], table: ProcTable, now: float) -> bool:

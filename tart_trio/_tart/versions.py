@@ -23,8 +23,6 @@ from tart_trio._tart.cli import Tart
 Version = tuple[int, int, int]
 
 OLDEST_SUPPORTED: Final[Version] = (2, 10, 0)
-#: ``tart exec`` and the guest agent's control socket.
-EXEC: Final[Version] = (2, 27, 0)
 _NUMBER: Final = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 
 
