@@ -144,9 +144,13 @@ func measured(fields []driverpb.CPUUsage_Fields, want driverpb.CPUUsage_Fields) 
 // checkUsage holds one TaskResourceUsage to the host's capacity and to the
 // meaning Nomad gives its fields.
 func checkUsage(what string, u *driverpb.TaskResourceUsage, c compute) error {
+	// Nomad takes a missing cpu or memory part as not measured (alloc_status.go).
 	cpu, mem := u.GetCpu(), u.GetMemory()
-	if cpu == nil || mem == nil {
-		return fmt.Errorf("%s: cpu and memory usage must both be set", what)
+	if cpu == nil {
+		cpu = &driverpb.CPUUsage{}
+	}
+	if mem == nil {
+		mem = &driverpb.MemoryUsage{}
 	}
 	// Percent is summed over processes, each up to 100 per core it keeps busy.
 	maxPercent := float64(c.cores) * 100
