@@ -74,6 +74,9 @@ class MacOSSlots:
             return fp
         if self.leak is None:
             return Fingerprint({**fp.attributes, LEAKED: False}, fp.health, fp.description)
-        description = self.leak.reason() if fp.health == "healthy" else fp.description
+        description = fp.description
+        if fp.health == "healthy":  # after the fingerprint's own notices, if any
+            notices = "" if description == "Healthy" else f"{description} "
+            description = notices + self.leak.reason()
         attributes = {**fp.attributes, FREE: 0, LEAKED: True}
         return Fingerprint(attributes=attributes, health=fp.health, description=description)
