@@ -7,6 +7,7 @@ lock semantics, the macOS VM limit, failure knobs, and real SSH guests.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import plistlib
@@ -172,7 +173,16 @@ def test_call_recording(fake_tart: FakeTart):
     assert c["env"]["TART_HOME"] == str(fake_tart.home)
     assert c["env"]["USER"] == "ci" and c["env"]["LOGNAME"] == "ci" and c["env"]["CI"] == "true"
     assert c["env"]["PATH"].split(os.pathsep)[0] == str(fake_tart.bin_dir)
-    assert set(c["env"]) == {"HOME", "USER", "LOGNAME", "PATH", "TART_HOME", "CI"}
+    assert set(c["env"]) == {
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "PATH",
+        "TART_HOME",
+        "CI",
+        "TART_NO_AUTO_PRUNE",
+    }
+    assert c["env"]["TART_NO_AUTO_PRUNE"] is None
     assert c["secrets_set"] == {
         "TART_REGISTRY_USERNAME": True,
         "TART_REGISTRY_PASSWORD": True,
@@ -230,7 +240,7 @@ def test_pull_output_and_cache_layout(fake_tart: FakeTart):
     assert r.stdout.splitlines() == [
         f"pulling {ref}...",
         "pulling manifest...",
-        f"{ref} image is already cached and linked!",
+        f"ghcr.io/cirruslabs/ubuntu@{os.readlink(link)} image is already cached and linked!",
     ]
     # the tag moves on the registry: a new digest is pulled, the old one is garbage-collected
     old = os.readlink(link)
@@ -271,6 +281,160 @@ def test_pull_progress_rewrites_lines_without_ci(fake_tart: FakeTart):
     assert rewrites[-1] == "\x1b[1A\r\x1b[J100%" and len(rewrites) >= 2  # 0% -> ~90% -> 100%
     text = ci_out.decode()
     assert "\x1b" not in text and re.search(r"^0%\n\d+%\n100%\n", text, re.M)
+
+
+def _staging(fake: FakeTart, ref: str) -> Path:
+    return fake.home / "tmp" / hashlib.md5(ref.encode()).hexdigest()
+
+
+def _allocated(path: Path) -> int:
+    try:
+        return path.stat().st_blocks * 512
+    except FileNotFoundError:
+        return 0
+
+
+def _locked(path: Path) -> bool:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_pull_stages_in_tmp_and_pulls_of_one_host_take_turns(fake_tart: FakeTart):
+    # VMStorageOCI.pull: tmp/<md5 of the name> grows with the download; the second pull from
+    # the same host prints "waiting for lock..." and nothing else until the first is done
+    slow = fake_tart.add_image(
+        "ghcr.io/acme/big",
+        os="linux",
+        disk=30,
+        download_size=10_000,
+        pull_speed=20,
+        disk_used=32 * 1024 * 1024,
+    )  # 0.2 % a second: the percent stays at 0 while bytes arrive
+    other = fake_tart.add_image("ghcr.io/acme/small", os="linux", download_size=100)
+    first = subprocess.Popen(
+        [str(fake_tart.tart_path), "pull", slow],
+        env=fake_tart.env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    stage = _staging(fake_tart, slow)
+    try:
+        head1 = read_until(first, b"0%\n")
+        assert json.loads((stage / "config.json").read_text())["os"] == "linux"
+        assert (stage / "disk.img").stat().st_size == 30_000_000_000  # truncated up front
+        grown = wait_for(lambda: _allocated(stage / "disk.img") >= 64 * 1024, what="bytes")
+        assert _locked(stage)
+        second = subprocess.Popen(
+            [str(fake_tart.tart_path), "pull", other],
+            env=fake_tart.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        head2 = read_until(second, b"waiting for lock...\n")
+        wait_for(lambda: _allocated(stage / "disk.img") > grown, what="more bytes")
+        assert second.poll() is None
+        fake_tart.add_image(
+            "ghcr.io/acme/big",
+            os="linux",
+            disk=30,
+            download_size=10_000,
+            pull_speed=5_000,
+            disk_used=32 * 1024 * 1024,
+        )  # the line gets faster during the pull
+        out1 = head1 + first.communicate(timeout=30)[0]
+        out2 = head2 + second.communicate(timeout=30)[0]
+    finally:
+        first.kill()
+        first.communicate()
+    lines = out1.decode().splitlines()
+    percents = lines[lines.index("0%") : lines.index("pulling NVRAM...")]
+    assert percents[-1] == "100%" and len(percents) == len(set(percents)), lines
+    assert out2.decode().splitlines() == [
+        f"pulling {other}...",
+        "pulling manifest...",
+        "waiting for lock...",
+        "pulling disk (0.0 GB compressed)...",
+        "0%",
+        "100%",
+        "pulling NVRAM...",
+    ]
+    assert not stage.exists(), "the staged pull moved into the cache"
+    cached = fake_tart.home / "cache" / "OCIs" / "ghcr.io" / "acme" / "big" / "latest"
+    assert _allocated(cached / "disk.img") >= 32 * 1024 * 1024
+    # cancelled (SIGINT) the staging goes; killed it stays until a command's tmp/ sweep
+    fake_tart.add_image("ghcr.io/acme/big:2", os="linux", download_size=10_000, pull_speed=50)
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        proc = subprocess.Popen(
+            [str(fake_tart.tart_path), "pull", "ghcr.io/acme/big:2"],
+            env=fake_tart.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        read_until(proc, b"0%\n")
+        proc.send_signal(sig)
+        _, err_out = proc.communicate(timeout=10)
+        left = _staging(fake_tart, "ghcr.io/acme/big:2")
+        if sig == signal.SIGINT:
+            assert (proc.returncode, err_out) == (1, b"Error: CancellationError()\n")
+            assert not left.exists()
+        else:
+            assert left.exists() and not _locked(left)
+    fake_tart.tart("list")
+    assert not left.exists()
+
+
+def test_prune_keeps_the_most_recently_used_within_the_budget(fake_tart: FakeTart):
+    # Commands/Prune.swift (2.35.0): caches = OCI images by digest and IPSW files, newest first;
+    # each one that does not fit what is left of the budget goes, and the walk goes on
+    mib = 1024 * 1024
+    refs = [
+        fake_tart.add_image(f"ghcr.io/acme/{n}", os="linux", disk_used=600 * mib)
+        for n in ("old", "mid", "new")
+    ]
+    for ref in refs:
+        assert fake_tart.tart("pull", ref).returncode == 0
+    ipsws = fake_tart.home / "cache" / "IPSWs"
+    ipsws.mkdir(parents=True)
+    (ipsws / "UniversalMac_15.2_Restore.ipsw").write_bytes(b"\1" * mib)
+    fake_tart.make_vm("vm", LINUX_IMAGE)
+    repo = fake_tart.home / "cache" / "OCIs" / "ghcr.io" / "acme"
+    digests = {ref: repo / ref.split("/")[-1].split(":")[0] / "latest" for ref in refs}
+    now = time.time()
+    for age, path in [(300, digests[refs[0]]), (200, digests[refs[1]]), (100, digests[refs[2]])]:
+        os.utime(path.resolve(), (now - age, now - age))
+    os.utime(ipsws / "UniversalMac_15.2_Restore.ipsw", (now - 900, now - 900))
+
+    usage_error(fake_tart.tart("prune"), "at least one pruning criteria must be specified")
+    usage_error(
+        fake_tart.tart("prune", "--entries", "images", "--older-than", "1"),
+        'unsupported --entries value, please specify either "caches" or "vms"',
+    )
+    r = fake_tart.tart("prune", "--cache-budget", "1")
+    assert (r.returncode, r.stderr) == (
+        0,
+        "--cache-budget is deprecated, please use --space-budget\n",
+    )
+    names = fake_tart.tart("list", "--source", "oci", "-q").stdout.split()
+    assert [n for n in names if ":" in n.split("/")[-1] and "@" not in n] == [refs[2]]
+    assert not digests[refs[0]].exists() and not digests[refs[1]].exists()
+    assert (ipsws / "UniversalMac_15.2_Restore.ipsw").exists(), "old but small: it still fits"
+    assert fake_tart.vm_dir("vm").exists(), "caches never include local VMs"
+    # --older-than: by access date
+    r = fake_tart.tart("prune", "--older-than", "0")
+    assert r.returncode == 0 and not (ipsws / "UniversalMac_15.2_Restore.ipsw").exists()
+    assert fake_tart.tart("list", "--source", "oci", "-q").stdout == ""
+    assert fake_tart.vm_dir("vm").exists()
+    r = fake_tart.tart("prune", "--entries", "vms", "--older-than", "0")
+    assert r.returncode == 0 and not fake_tart.vm_dir("vm").exists()
 
 
 def test_pull_errors(fake_tart: FakeTart):
@@ -558,14 +722,19 @@ def test_set_and_get(fake_tart: FakeTart):
         "Error: LessThanMinimalResourcesError: VM should have 4 CPU cores at minimum (requested "
         "2)\n",
     )
-    r = fake_tart.tart("set", "m", "--memory", "2048")
-    assert (
-        r.returncode == 1
-        and "VM should have 4096 megabytes of memory at minimum (requested 2048)" in r.stderr
+    r = fake_tart.tart("set", "m", "--memory", "300", "--cpu", "8")
+    assert (r.returncode, r.stderr) == (
+        1,
+        "Error: LessThanMinimalResourcesError: VM should have 4294967296 bytes of memory at "
+        "minimum (requested 314572800)\n",
     )
-    assert (
-        fake_tart.tart("set", "l", "--cpu", "1", "--memory", "512").returncode == 0
-    )  # Linux: no minimums
+    assert fake_tart.config("m")["cpuCount"] == 6, "nothing is saved when a value is refused"
+    # Linux: only Virtualization.framework's floor
+    assert fake_tart.tart("set", "l", "--cpu", "1", "--memory", "512").returncode == 0
+    r = fake_tart.tart("set", "l", "--memory", "64")
+    assert "VM should have 134217728 bytes of memory at minimum (requested 67108864)" in r.stderr
+    r = fake_tart.tart("set", "l", "--cpu", "0")
+    assert "VM should have 1 CPU cores at minimum (requested 0)" in r.stderr
     # disk: grow only
     assert fake_tart.tart("set", "m", "--disk-size", "80").returncode == 0
     assert os.stat(fake_tart.vm_dir("m") / "disk.img").st_size == 80_000_000_000

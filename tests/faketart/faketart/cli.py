@@ -10,9 +10,18 @@ import sys
 import time
 
 from .argparse_swift import HelpRequested, parse
-from .common import DEFAULT_VERSION, TartError, UsageErr, at_least, err, home_path, out
+from .common import (
+    DEFAULT_VERSION,
+    Cancelled,
+    TartError,
+    UsageErr,
+    at_least,
+    err,
+    home_path,
+    out,
+)
 
-RECORDED_ENV = ("HOME", "USER", "LOGNAME", "PATH", "TART_HOME", "CI")
+RECORDED_ENV = ("HOME", "USER", "LOGNAME", "PATH", "TART_HOME", "CI", "TART_NO_AUTO_PRUNE")
 SECRET_ENV = ("TART_REGISTRY_USERNAME", "TART_REGISTRY_PASSWORD", "TART_REGISTRY_HOSTNAME")
 
 ROOT_HELP = """OVERVIEW: faketart, a Linux test double of Tart (macOS/Linux VMs on Apple Silicon).
@@ -77,10 +86,6 @@ def record_call(argv: list[str]) -> None:
             os.close(fd)
     except OSError:
         pass
-
-
-class Cancelled(Exception):
-    pass
 
 
 def _cancel(_sig, _frame):

@@ -17,6 +17,7 @@ from .common import (
     SwiftErr,
     UsageErr,
     Verbatim,
+    err,
     iso_utc,
     out,
     read_json,
@@ -28,6 +29,11 @@ from .common import (
     write_json_atomic,
 )
 from .storage import RemoteName
+
+# VZVirtualMachineConfiguration.minimumAllowedCPUCount / minimumAllowedMemorySize. Apple does
+# not document the numbers; these are the values the framework reports on macOS 14/15.
+VZ_MIN_CPUS = 1
+VZ_MIN_MEMORY = 128 * 1024 * 1024
 
 
 def _concurrency(n: int) -> None:
@@ -189,21 +195,24 @@ def cmd_set(o: dict) -> int:
     vm = storage.open_local(home, o["name"])
     cfg = vm.read_config()
     darwin = cfg.get("os") == "darwin"
+    # VMConfig.setCPU / setMemory: the image's minimums for macOS, Virtualization.framework's
+    # floor for every VM; the error comes before anything is saved
     if o["cpu"] is not None:
-        if darwin and o["cpu"] < int(cfg.get("cpuCountMin", 0)):
-            raise SwiftErr(
-                f"LessThanMinimalResourcesError: VM should have {cfg['cpuCountMin']} CPU cores at "
-                f"minimum (requested {o['cpu']})"
-            )
+        for floor in ([int(cfg.get("cpuCountMin", 0))] if darwin else []) + [VZ_MIN_CPUS]:
+            if o["cpu"] < floor:
+                raise SwiftErr(
+                    f"LessThanMinimalResourcesError: VM should have {floor} CPU cores at "
+                    f"minimum (requested {o['cpu']})"
+                )
         cfg["cpuCount"] = o["cpu"]
     if o["memory"] is not None:
         want = o["memory"] * 1024 * 1024
-        if darwin and want < int(cfg.get("memorySizeMin", 0)):
-            raise SwiftErr(
-                "LessThanMinimalResourcesError: VM should have "
-                f"{int(cfg['memorySizeMin']) // 1024 // 1024} "
-                f"megabytes of memory at minimum (requested {o['memory']})"
-            )
+        for floor in ([int(cfg.get("memorySizeMin", 0))] if darwin else []) + [VZ_MIN_MEMORY]:
+            if want < floor:
+                raise SwiftErr(
+                    f"LessThanMinimalResourcesError: VM should have {floor} bytes of memory at "
+                    f"minimum (requested {want})"
+                )
         cfg["memorySize"] = want
     if o["display"] is not None:
         d = cfg.get("display") or {}
@@ -497,6 +506,71 @@ def cmd_exec(argv: list[str]) -> int:
         "Failed to connect to the VM using its control socket: connection refused, is the Tart "
         "Guest Agent running?"
     )
+
+
+# ---------------------------------------------------------------------------
+# prune (Commands/Prune.swift, Tart 2.35.0)
+
+
+def _prunables(home: str, entries: str) -> list[tuple[str, float, int]]:
+    """(path, access time, allocated bytes) of what `prune --entries` may remove.
+
+    caches: OCI images by digest (never the tag links) and IPSW files; vms: local VMs
+    that are not running.
+    """
+    found: list[tuple[str, float, int]] = []
+    if entries == "caches":
+        for name, vm in storage.list_oci(home):
+            if "@" in name:
+                found.append((vm.path, vm.accessed(), vm.allocated()))
+        for path in storage.list_ipsws(home):
+            st = os.stat(path)
+            found.append((path, st.st_atime, st.st_blocks * 512))
+    else:
+        for vm in storage.list_local(home):
+            if not vm.running():
+                found.append((vm.path, vm.accessed(), vm.allocated()))
+    return found
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def cmd_prune(o: dict) -> int:
+    home = tart_home()
+    budget = o["space_budget"]
+    if o["cache_budget"] is not None:
+        err("--cache-budget is deprecated, please use --space-budget")
+        if budget is not None:
+            raise UsageErr("--cache-budget is deprecated, please use --space-budget")
+        budget = o["cache_budget"]
+    if o["older_than"] is None and budget is None and not o["gc"]:
+        raise UsageErr("at least one pruning criteria must be specified")
+    if o["gc"]:
+        storage.oci_gc_all(home)
+    if o["entries"] not in ("caches", "vms"):
+        raise UsageErr('unsupported --entries value, please specify either "caches" or "vms"')
+    if o["older_than"] is not None:
+        cutoff = time.time() - o["older_than"] * 86400
+        for path, accessed, _ in _prunables(home, o["entries"]):
+            if accessed <= cutoff:
+                _remove(path)
+    if budget is not None:
+        # the most recently used entries that fit the budget stay; every other one goes
+        left = budget * 1024 * 1024 * 1024
+        doomed = []
+        for path, _, size in sorted(_prunables(home, o["entries"]), key=lambda e: -e[1]):
+            if size <= left:
+                left -= size
+            else:
+                doomed.append(path)
+        for path in doomed:
+            _remove(path)
+    return 0
 
 
 def not_implemented(name: str):
@@ -809,12 +883,38 @@ def build_commands() -> dict[str, Command]:
             [],
             [
                 Opt(
-                    ("--entries",), "entries", "value", "entries", choice("caches", "vms"), "caches"
+                    ("--entries",),
+                    "entries",
+                    "value",
+                    "entries",
+                    None,
+                    "caches",
+                    'Entries to remove: "caches" targets OCI and IPSW caches and "vms" targets '
+                    "local VMs.",
                 ),
-                Opt(("--older-than",), "older_than", "value", "n", uint()),
-                Opt(("--space-budget",), "space_budget", "value", "n", uint()),
+                Opt(
+                    ("--older-than",),
+                    "older_than",
+                    "value",
+                    "n",
+                    uint(),
+                    None,
+                    "Remove entries that were last accessed more than n days ago",
+                ),
+                Opt(("--cache-budget",), "cache_budget", "value", "n", uint(), None, hidden=True),
+                Opt(
+                    ("--space-budget",),
+                    "space_budget",
+                    "value",
+                    "n",
+                    uint(),
+                    None,
+                    "Remove the least recently used entries that do not fit the specified space "
+                    "size budget n, expressed in gigabytes",
+                ),
+                Opt(("--gc",), "gc", hidden=True),
             ],
-            not_implemented("prune"),
+            cmd_prune,
         ),
         _run.COMMAND,
     ]

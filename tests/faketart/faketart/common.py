@@ -75,6 +75,10 @@ class Verbatim(TartError):
     """Text printed exactly as given (failure knobs)."""
 
 
+class Cancelled(Exception):
+    """SIGINT: Tart cancels the running command's task (``Error: CancellationError()``)."""
+
+
 def vm_does_not_exist(name: str) -> RuntimeErr:
     return RuntimeErr(f'the specified VM "{name}" does not exist', 2)
 
@@ -279,10 +283,13 @@ def apparent_bytes(path: str) -> int:
         return 0
 
 
-def touch_access(path: str) -> None:
-    """Tart sets a VM directory's access date on every open."""
+def touch_access(path: str, when: float | None = None) -> None:
+    """Tart sets a VM directory's access date on every open (URL+AccessDate.swift): utimes(2)
+    with whole seconds, the access date given (default now) and, as modification date,
+    the previous access date."""
     try:
         st = os.stat(path)
-        os.utime(path, ns=(time.time_ns(), st.st_mtime_ns))
+        atime = int(time.time() if when is None else when)
+        os.utime(path, (atime, int(st.st_atime)))
     except OSError:
         pass

@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import base64
+import fcntl
+import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 
 from . import knobs as _knobs
 from . import storage
-from .common import DirFlock, SwiftErr, Verbatim, out, read_json, write_json_atomic
+from .common import (
+    Cancelled,
+    DirFlock,
+    SwiftErr,
+    Verbatim,
+    out,
+    read_json,
+    touch_access,
+    write_json_atomic,
+)
 from .storage import RemoteName
 
 GB = 1_000_000_000
+DEFAULT_DISK_USED = 8 * 1024 * 1024
 
 
 def load() -> dict:
@@ -176,28 +189,44 @@ def validate_login(home: str, host: str, user: str, password: str) -> bool:
 
 
 # ---------------------------------------------------------------------------
-# Progress (Logging/ProgressObserver.swift)
+# Progress (Logging/ProgressObserver.swift, Tart 2.28.6 and later)
 
 
 class Progress:
+    """Tart's ProgressObserver: the first line at once, then on a change of the received
+    bytes at most once a second (the clock restarts at every change, printed or not),
+    and only when the whole percent differs from the last line; always when finished."""
+
     def __init__(self):
         self.ci = "CI" in os.environ
-        self.last_pct: int | None = None
-        self.last_t = 0.0
+        self.last_line: str | None = None
+        self.last_time = time.monotonic()
 
-    def render(self, pct: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if pct == self.last_pct:
-            return
-        if not force and self.last_pct is not None and now - self.last_t < 1.0:
-            return
-        line = f"{pct}%"
-        if self.ci or self.last_pct is None:
+    def start(self) -> None:
+        self.last_line = "0%"
+        out("0%")
+
+    def _print(self, line: str) -> None:
+        if self.ci:
             out(line)
         else:
             out("\x1b[1A\r\x1b[J" + line)
-        self.last_pct = pct
-        self.last_t = now
+        self.last_line = line
+
+    def changed(self, fraction: float, finished: bool = False) -> None:
+        now = time.monotonic()
+        if not finished and now - self.last_time < 1.0:
+            return
+        self.last_time = now
+        line = f"{int(100 * fraction)}%"
+        if line != self.last_line:
+            self._print(line)
+
+    def force(self, pct: int) -> None:
+        """Failure knobs: show the percent they act at."""
+        line = f"{pct}%"
+        if line != self.last_line:
+            self._print(line)
 
 
 def _hang_forever() -> None:
@@ -211,8 +240,130 @@ def default_size(entry: dict) -> int:
     return 25 * GB if entry.get("os", "darwin") == "darwin" else 1 * GB
 
 
+def disk_used(entry: dict) -> int:
+    """Bytes of the image's disk that hold data: what a pull writes (``tart list`` Size)."""
+    return max(0, int(entry.get("disk_used", DEFAULT_DISK_USED)))
+
+
+def _speed(rn: RemoteName, fallback: float) -> float:
+    """The registry is re-read during a pull, so a test can change the line speed."""
+    entry = _images(load()).get(str(rn)) if rn.tag else None
+    speed = (entry or {}).get("pull_speed", fallback if fallback != float("inf") else None)
+    return float(speed) if speed else float("inf")
+
+
+def _allocate(fd: int, start: int, end: int) -> None:
+    """Give the staged disk data blocks in [start, end) (fallocate; written where unsupported)."""
+    if end <= start:
+        return
+    try:
+        os.posix_fallocate(fd, start, end - start)
+    except OSError:
+        os.pwrite(fd, b"\x5a" * (end - start), start)
+
+
+def staging_dir(home: str, rn: RemoteName) -> str:
+    """VMDirectory.temporaryDeterministic(key: name.description): tmp/<md5 of the name>."""
+    key = hashlib.md5(str(rn).encode()).hexdigest()
+    return os.path.join(storage.tmp_dir(home), key)
+
+
+def _download(home: str, rn: RemoteName, ref: str, entry: dict, digest: str, k: dict) -> str:
+    """Fetch the image into Tart's staging directory; return that directory."""
+    stage = staging_dir(home, rn)
+    os.makedirs(stage, exist_ok=True)
+    # `open(name, epoch)`: the image the tag pointed at so far is marked least recently used
+    old = storage.oci_entry(home, rn)
+    if os.path.isdir(old):
+        touch_access(old, 0)
+    lock = os.open(stage, os.O_RDONLY | os.O_CLOEXEC)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        vm = storage.VMDir(stage)
+        vm.write_config(storage.make_config(entry))
+        size = max(1, default_size(entry))
+        used = disk_used(entry)
+        out(f"pulling disk ({size / GB:.1f} GB compressed)...")
+        disk_gb = int(entry.get("disk", 50 if entry.get("os", "darwin") == "darwin" else 20))
+        fd = os.open(vm.disk_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.ftruncate(fd, disk_gb * GB)
+            prog = Progress()
+            prog.start()
+            fail_at = k.get("pull_fail_at")
+            stall_at = k.get("pull_stall_at")
+            speed = _speed(rn, float(entry.get("pull_speed") or 0) or float("inf"))
+            received = 0.0
+            written = 0
+            last = time.monotonic()
+            next_speed_check = last + 0.2
+            while True:
+                now = time.monotonic()
+                if now >= next_speed_check:
+                    speed = _speed(rn, speed)
+                    next_speed_check = now + 0.2
+                received = min(float(size), received + (now - last) * speed)
+                last = now
+                pct = int(received * 100 // size)
+                if fail_at is not None and pct >= fail_at:
+                    prog.force(int(fail_at))
+                    msg = str(k.get("pull_fail_message") or _knobs.DEFAULTS["pull_fail_message"])
+                    raise Verbatim(msg.replace("REGISTRY", rn.host), 1)
+                if stall_at is not None and pct >= stall_at:
+                    prog.force(int(stall_at))
+                    _hang_forever()
+                target = int(used * received / size) // 4096 * 4096
+                if received >= size:
+                    target = used
+                _allocate(fd, written, target)
+                written = max(written, target)
+                if received >= size:
+                    prog.changed(1.0, finished=True)
+                    break
+                prog.changed(received / size)
+                remaining = (size - received) / speed
+                time.sleep(min(0.1, max(0.005, remaining)))
+        finally:
+            os.close(fd)
+        out("pulling NVRAM...")
+        with open(vm.nvram_path, "wb") as f:
+            f.write(b"FAKETART-NVRAM\0" + os.urandom(49))
+        if entry.get("os", "darwin") == "darwin":
+            disk_bytes = disk_gb * GB
+            recovery = bool(entry.get("recovery_partition", False))
+            storage.write_partitions(
+                stage, storage.initial_partitions(disk_bytes, recovery=recovery)
+            )
+        meta = {
+            "source": ref,
+            "digest": digest,
+            "user": entry.get("user", "admin"),
+            "password": entry.get("password", "admin"),
+            "guest_agent": bool(entry.get("guest_agent", True)),
+            "knobs": entry.get("knobs") or {},
+        }
+        write_json_atomic(os.path.join(stage, storage.IMAGE_META), meta)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest},
+            "layers": [
+                {"mediaType": "application/vnd.cirruslabs.tart.disk.v2", "size": size},
+                {"mediaType": "application/vnd.cirruslabs.tart.nvram.v1", "size": 64},
+            ],
+        }
+        write_json_atomic(os.path.join(stage, "manifest.json"), manifest)
+        return stage
+    except Cancelled:
+        # withTaskCancellationHandler's onCancel: the staged download is removed
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    finally:
+        os.close(lock)
+
+
 def pull(home: str, rn: RemoteName, *, first_line: bool) -> storage.VMDir:
-    """Pull *rn* into the OCI cache, printing Tart's progress (§3.2)."""
+    """Pull *rn* into the OCI cache, printing Tart's output (§3.2, VMStorageOCI.pull)."""
     if first_line:
         out(f"pulling {rn}...")
     reg = load()
@@ -222,99 +373,36 @@ def pull(home: str, rn: RemoteName, *, first_line: bool) -> storage.VMDir:
     k = _knobs.for_image(home, ref, entry.get("knobs"))
     rdir = storage.repo_dir(home, rn)
     dig_dir = os.path.join(rdir, digest)
+    digest_name = f"{rn.repo}@{digest}"
     tag_link = os.path.join(rdir, rn.tag) if rn.tag else None
 
     def cached() -> bool:
         return storage.VMDir(dig_dir).initialized()
 
-    def link() -> None:
-        if tag_link:
-            tmp = f"{tag_link}.tmp{os.getpid()}"
-            os.symlink(digest, tmp)
-            os.replace(tmp, tag_link)
+    def linked() -> bool:
+        return tag_link is not None and os.path.islink(tag_link) and os.readlink(tag_link) == digest
 
-    if cached():
-        if tag_link is None:
-            out(f"{rn} image is already cached!")
-        elif os.path.islink(tag_link) and os.readlink(tag_link) == digest:
-            out(f"{rn} image is already cached and linked!")
-        else:
-            out(f"{rn.repo}@{digest} image is already cached! creating a symlink...")
-            link()
-            storage.oci_gc(home, rn)
+    if cached() and linked():
+        # the optimistic check before taking the lock
+        out(f"{digest_name} image is already cached and linked!")
         return storage.VMDir(dig_dir)
 
     with DirFlock(storage.host_dir(home, rn.host), on_wait=lambda: out("waiting for lock...")):
-        if cached():  # someone else pulled it while we waited
-            link()
-            return storage.VMDir(dig_dir)
-        size = max(1, default_size(entry))
-        speed = entry.get("pull_speed")
-        speed = float(speed) if speed else float("inf")
-        out(f"pulling disk ({size / GB:.1f} GB compressed)...")
-        prog = Progress()
-        prog.render(0, force=True)
-        fail_at = k.get("pull_fail_at")
-        stall_at = k.get("pull_stall_at")
-        t0 = time.monotonic()
-        while True:
-            done = min(size, (time.monotonic() - t0) * speed)
-            pct = int(done * 100 // size)
-            if fail_at is not None and pct >= fail_at:
-                prog.render(int(fail_at), force=True)
-                msg = str(k.get("pull_fail_message") or _knobs.DEFAULTS["pull_fail_message"])
-                raise Verbatim(msg.replace("REGISTRY", rn.host), 1)
-            if stall_at is not None and pct >= stall_at:
-                prog.render(int(stall_at), force=True)
-                _hang_forever()
-            if done >= size:
-                prog.render(100, force=True)
-                break
-            prog.render(pct)
-            remaining = (size - done) / speed
-            time.sleep(min(0.1, max(0.005, remaining)))
-        out("pulling NVRAM...")
-        meta = {
-            "source": ref,
-            "digest": digest,
-            "user": entry.get("user", "admin"),
-            "password": entry.get("password", "admin"),
-            "guest_agent": bool(entry.get("guest_agent", True)),
-            "knobs": entry.get("knobs") or {},
-        }
-        stage = storage.Staging(home)
-        try:
-            storage.write_bundle(
-                stage.path,
-                storage.make_config(entry),
-                int(entry.get("disk", 50 if entry.get("os", "darwin") == "darwin" else 20)),
-                meta,
-                recovery_partition=bool(entry.get("recovery_partition", False)),
-            )
-            manifest = {
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {
-                    "mediaType": "application/vnd.oci.image.config.v1+json",
-                    "digest": digest,
-                },
-                "layers": [
-                    {"mediaType": "application/vnd.cirruslabs.tart.disk.v2", "size": size},
-                    {"mediaType": "application/vnd.cirruslabs.tart.nvram.v1", "size": 64},
-                ],
-            }
-            write_json_atomic(os.path.join(stage.path, "manifest.json"), manifest)
-            if rn.digest:
-                open(os.path.join(stage.path, ".explicitly-pulled"), "wb").close()
+        if cached():
+            out(f"{digest_name} image is already cached! creating a symlink...")
+        else:
+            stage = _download(home, rn, ref, entry, digest, k)
             os.makedirs(rdir, exist_ok=True)
             if os.path.isdir(dig_dir):
-                import shutil
-
                 shutil.rmtree(dig_dir)
-            os.rename(stage.path, dig_dir)
-        finally:
-            stage.close(remove=True)
-        link()
+            os.rename(stage, dig_dir)
+        if tag_link is not None:
+            tmp = f"{tag_link}.tmp{os.getpid()}"
+            os.symlink(digest, tmp)
+            os.replace(tmp, tag_link)
+        else:
+            open(os.path.join(dig_dir, ".explicitly-pulled"), "wb").close()
         storage.oci_gc(home, rn)
+        touch_access(dig_dir)  # "so it won't get pruned immediately"
     sys.stdout.flush()
     return storage.VMDir(dig_dir)

@@ -354,8 +354,11 @@ def list_oci(home: str) -> list[tuple[str, VMDir]]:
 
 
 def oci_gc(home: str, rn: RemoteName) -> None:
-    """Remove digest dirs of *rn*'s repo that no tag links to (unless explicitly pulled)."""
-    rdir = repo_dir(home, rn)
+    """After linking or deleting *rn*: Tart's gc runs over the whole cache."""
+    oci_gc_all(home)
+
+
+def _gc_repo(rdir: str) -> None:
     try:
         entries = os.listdir(rdir)
     except OSError:
@@ -370,6 +373,34 @@ def oci_gc(home: str, rn: RemoteName) -> None:
         orphan = e.startswith("sha256:") and not os.path.islink(p) and e not in linked
         if orphan and not os.path.exists(os.path.join(p, ".explicitly-pulled")):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def oci_gc_all(home: str) -> None:
+    """VMStorageOCI.gc: dangling tag links go, then digests no tag points to (unless explicitly
+    pulled), in every repository of the cache."""
+    root = oci_root(home)
+    repos = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                repos.add(dirpath)
+                if not os.path.exists(full):
+                    os.unlink(full)
+            elif name.startswith("sha256:"):
+                repos.add(dirpath)
+        dirnames[:] = [d for d in dirnames if not d.startswith("sha256:")]
+    for rdir in repos:
+        _gc_repo(rdir)
+
+
+def list_ipsws(home: str) -> list[str]:
+    """IPSWCache.prunables: the ``*.ipsw`` files in ``cache/IPSWs``."""
+    d = os.path.join(home, "cache", "IPSWs")
+    try:
+        return sorted(os.path.join(d, n) for n in os.listdir(d) if n.endswith(".ipsw"))
+    except OSError:
+        return []
 
 
 def delete_oci(home: str, rn: RemoteName) -> None:
