@@ -343,7 +343,14 @@ func opTaskEvents(s *sim, raw json.RawMessage) (interface{}, error) {
 		s.dropStream(st.id)
 		return nil, err
 	}
-	return &streamOpen{s: s, st: st, recv: func() (proto.Message, error) { return cl.Recv() }}, nil
+	recv := func() (proto.Message, error) {
+		ev, err := cl.Recv()
+		if err == nil {
+			driverEvent(ev)
+		}
+		return ev, err
+	}
+	return &streamOpen{s: s, st: st, recv: recv}, nil
 }
 
 type taskStatsArgs struct {
@@ -846,12 +853,16 @@ func opStartTask(s *sim, raw json.RawMessage) (interface{}, error) {
 		cfg.StderrPath = paths.StderrFifo
 	}
 
+	taskRunnerEvent(cfg, "Received", "Task received by client")
+	taskRunnerEvent(cfg, "Task Setup", "Building Task Directory")
 	start := time.Now()
 	resp, err := p.driver.StartTask(ctx, &driverpb.StartTaskRequest{Task: cfg})
 	if err != nil {
+		taskRunnerEvent(cfg, "Driver Failure", err.Error())
 		ts.stopLogmon()
 		return nil, err
 	}
+	taskRunnerEvent(cfg, "Started", "Task started by client")
 	ts.handle = resp.GetHandle()
 	s.mu.Lock()
 	if old, ok := s.tasks[cfg.Id]; ok && old != ts {

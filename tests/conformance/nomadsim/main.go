@@ -109,6 +109,7 @@ func init() {
 		"task_events":        opTaskEvents,
 		"close_stream":       opCloseStream,
 		"start_task":         opStartTask,
+		"task_state":         opTaskState,
 		"wait_task":          opWaitTask,
 		"stop_task":          opStopTask,
 		"destroy_task":       opDestroyTask,
