@@ -84,8 +84,12 @@ class TaskConfig(Base, frozen=True):
 
     __secret_fields__: ClassVar[frozenset[str]] = frozenset({"ssh_password"})
     url: Annotated[str, _doc("Tart image to clone, e.g. ghcr.io/cirruslabs/macos-sequoia-base.")]
-    ssh_user: Annotated[str, _doc("Guest user for logs and exec over SSH.")]
-    ssh_password: Annotated[str, _doc("Guest user's password; never logged.")]
+    ssh_user: Annotated[
+        str, _doc("Guest user for logs and exec over SSH (required unless pull_only).")
+    ] = ""
+    ssh_password: Annotated[
+        str, _doc("Guest user's password; never logged (required unless pull_only).")
+    ] = ""
     show_ui: Annotated[bool, _doc("Open Tart's window instead of --no-graphics.")] = False
     disk_size: Annotated[
         int, Meta(ge=0, le=65535, description="Grow the disk to this many GB; 0 keeps it.")
@@ -98,6 +102,32 @@ class TaskConfig(Base, frozen=True):
         tuple[str, ...],
         _doc("Command run in the guest over SSH whose output becomes the task's stdout."),
     ] = DEFAULT_LOG_COMMAND
+    force_pull: Annotated[
+        bool, _doc("Check a cached tag against the registry (tart pull) before cloning.")
+    ] = False
+    pull_only: Annotated[
+        bool, _doc("Only make the image present on the node, then exit 0 (no VM).")
+    ] = False
+
+
+class RegistryAuth(Base, frozen=True):
+    """Credentials the pre-pull uses for one registry (``pre_pull { auth { } }``)."""
+
+    __secret_fields__: ClassVar[frozenset[str]] = frozenset({"password"})
+    registry: Annotated[str, _doc("Registry host (with its port), e.g. ghcr.io.")]
+    username: Annotated[str, _doc("Registry user name.")]
+    password: Annotated[str, _doc("Registry password or token; never logged.")]
+
+
+class PrePull(Base, frozen=True):
+    """Images kept present on the node (``pre_pull { }``)."""
+
+    images: Annotated[tuple[str, ...], _doc("Remote images to pull and keep.")] = ()
+    concurrency: Annotated[int, Meta(ge=1, description="Most pre-pulls at a time.")] = 1
+    period: Annotated[
+        str, _doc("How often to check the images again (moving tags follow the registry).")
+    ] = "1h"
+    auth: tuple[RegistryAuth, ...] = ()
 
 
 class GCConfig(Base, frozen=True):
@@ -157,6 +187,18 @@ class PluginConfig(Base, frozen=True):
     max_macos_vms: Annotated[
         int, Meta(ge=0, description="Most macOS VMs at once on this host (Apple allows 2).")
     ] = 2
+    pre_pull: PrePull | None = None
+    disk_reserve: Annotated[
+        Annotated[int, Meta(ge=0)] | None,
+        _doc(
+            "GB that pulls and clones leave free on TART_HOME's volume; "
+            "unset: a tenth of the volume, at most 20."
+        ),
+    ] = None
+    image_cache_budget: Annotated[
+        Annotated[int, Meta(ge=0)] | None,
+        _doc("GB Tart's caches may use, pruned after each pull; unset: no budget."),
+    ] = None
 
     @property
     def gc_config(self) -> GCConfig:
@@ -247,6 +289,7 @@ def validate_plugin_config(config: PluginConfig) -> None:
                 f"{prefix!r} is not an absolute path",
                 scope="plugin config",
             )
+    _validate_pre_pull(config.pre_pull)
     durations = [(field, getattr(config, field)) for field in _DURATIONS]
     durations += [(f"gc.{f}", getattr(config.gc_config, f)) for f in ("period", "creation_grace")]
     for field, text in durations:
@@ -256,6 +299,30 @@ def validate_plugin_config(config: PluginConfig) -> None:
             raise ConfigError(field, str(exc), scope="plugin config") from None
         if seconds < 1:
             raise ConfigError(field, "must be at least 1s", scope="plugin config")
+
+
+def _validate_pre_pull(pre_pull: PrePull | None) -> None:
+    if pre_pull is None:
+        return
+    for i, image in enumerate(pre_pull.images):
+        if "/" not in image or not image.strip():
+            raise ConfigError(
+                f"pre_pull.images[{i}]",
+                f"{image!r} is not a remote image such as ghcr.io/cirruslabs/macos-sequoia-base",
+                scope="plugin config",
+            )
+    for i, auth in enumerate(pre_pull.auth):
+        for name in ("registry", "username"):
+            if not getattr(auth, name).strip():
+                raise ConfigError(
+                    f"pre_pull.auth[{i}].{name}", "must not be empty", scope="plugin config"
+                )
+    try:
+        seconds = parse_duration(pre_pull.period)
+    except ValueError as exc:
+        raise ConfigError("pre_pull.period", str(exc), scope="plugin config") from None
+    if seconds < 1:
+        raise ConfigError("pre_pull.period", "must be at least 1s", scope="plugin config")
 
 
 def _one_of(field: str, value: str | None, allowed: tuple[str, ...]) -> None:
@@ -318,6 +385,11 @@ def _validate_root_disk(root_disk: RootDisk) -> None:
     _one_of("root_disk.sync_mode", root_disk.sync_mode, SYNC_MODES)
 
 
+def images_remote(url: str) -> bool:
+    """Tart's test for a remote image name (``host/namespace[:tag|@digest]``)."""
+    return "/" in url
+
+
 _SHARE_FORBIDDEN: Final = (":", ",")
 
 
@@ -378,9 +450,17 @@ def _validate_directories(directories: tuple[Directory, ...]) -> None:
 
 def validate_task_config(config: TaskConfig) -> None:
     """Check everything msgspec's types cannot, naming the field and the allowed values."""
-    for field in ("url", "ssh_user"):
-        if not getattr(config, field).strip():
-            raise ConfigError(field, "must not be empty")
+    if not config.url.strip():
+        raise ConfigError("url", "must not be empty")
+    if config.pull_only:
+        if not images_remote(config.url):
+            raise ConfigError(
+                "pull_only", f"needs a remote image, but url {config.url!r} names a local VM"
+            )
+    else:
+        for field in ("ssh_user", "ssh_password"):
+            if not getattr(config, field).strip():
+                raise ConfigError(field, "is required (it may be left out only with pull_only)")
     if not config.log_command or not config.log_command[0]:
         raise ConfigError("log_command", 'must name a command, e.g. ["/usr/bin/log", ...]')
     if config.auth is not None and not config.auth.username:

@@ -23,14 +23,14 @@ from typing import Final
 
 import trio
 
-from tart_trio import _proc
+from tart_trio import _diskspace, _proc
 from tart_trio._config import TaskConfig, network_mode
-from tart_trio._errors import RecoverableError, TartTrioError
+from tart_trio._errors import ConfigError, RecoverableError, TartTrioError
 from tart_trio._groups import single_errors
 from tart_trio._guest import disk, session, ssh
 from tart_trio._guest.logs import pump_logs
 from tart_trio._model import ExitResult, NomadTask, TaskPhase
-from tart_trio._pulls import Pulls
+from tart_trio._pulls import ProgressThrottle, PullListener, Pulls
 from tart_trio._safefs import make_private_dir, open_own_file
 from tart_trio._slots import MacOSSlots
 from tart_trio._state import DriverState
@@ -79,6 +79,7 @@ class TaskContext:
     #: Before the supervisor's command: starts it in tart_user's login session
     #: (``run_in_login_session``), so that ``tart run`` runs there.
     launch_prefix: tuple[str, ...] = ()
+    disk_reserve: int = 0
 
 
 def _now() -> datetime:
@@ -273,20 +274,20 @@ class TaskRunner:
     async def _clone(self, tart: Tart) -> None:
         url = self.config.url
         if images.is_remote(url):
-            with trio.fail_after(TART_CALL_SECONDS):
-                cached = images.canonical(url) in await images.cached_names(tart)
-            if not cached:
-                await self._pull(tart, url)
+            await self._ensure_image(tart, url)
+        self._check_fit(tart, url)
         self._cloned = True
         for attempt in range(1, CLONE_ATTEMPTS + 1):
             try:
                 # Tart's clone reads every VM's config.json while `tart set` rewrites one
                 # in place, and other commands sweep tart's tmp directory a clone stages
                 # in: provisioning is serialised, and a clone that lost a race is retried.
-                async with self.ctx.provision_lock:
+                async with self.ctx.provision_lock, self.ctx.pulls.cloning(url):
                     with trio.fail_after(TART_CALL_SECONDS):
-                        await tart.run("clone", url, self.vm_name, extra_env=self._credentials())
-                return
+                        await tart.run(
+                            "clone", url, self.vm_name, extra_env=self._clone_environment()
+                        )
+                break
             except TartCommandError as exc:
                 if attempt == CLONE_ATTEMPTS or not _clone_race(exc):
                     raise
@@ -295,38 +296,128 @@ class TaskRunner:
                     extra={"vm": self.vm_name, "error": str(exc)},
                 )
                 await self._delete_vm()
+        self._user_notice()
+
+    def _clone_environment(self) -> dict[str, str]:
+        # Tart's automatic pruning would remove images the driver keeps (disk_reserve and
+        # image_cache_budget manage the space instead)
+        return {**self._credentials(), "TART_NO_AUTO_PRUNE": "1"}
+
+    async def _ensure_image(self, tart: Tart, url: str) -> None:
+        """The image in Tart's cache: joined from the pre-pull, pulled, or found there."""
+        if self.ctx.pulls.prepulling(url):
+            await self._pull(tart, url, join=True)
+            return
+        if not self.config.force_pull:
+            with trio.fail_after(TART_CALL_SECONDS):
+                if images.canonical(url) in await images.cached_names(tart):
+                    return
+        await self._pull(tart, url)
+
+    def _check_fit(self, tart: Tart, url: str) -> None:
+        """Before anything is cloned: the image's minimums, and room for the clone."""
+        config = images.image_config(tart, url)
+        if config is not None and config.get("os") == "darwin":
+            self._check_minimums(url, config)
+        source = images.cache_path(tart, url) if images.is_remote(url) else tart.vm_dir(url)
+        cost = _diskspace.clone_cost(images.allocated_bytes(source))
+        _diskspace.require(tart.home_dir, self.ctx.disk_reserve, cost, f"cloning {url}")
+
+    def _check_minimums(self, url: str, config: dict[str, object]) -> None:
+        """Tart refuses less memory or CPU than a macOS image's minimum (VMConfig.swift)."""
+        memory_min = _int(config.get("memorySizeMin")) // (1024 * 1024)
+        if self.task.memory_mb and self.task.memory_mb < memory_min:
+            raise ConfigError(
+                "resources.memory",
+                f"{self.task.memory_mb} MB is less than the {memory_min} MB image {url} needs "
+                f"(its memorySizeMin); give the task resources {{ memory = {memory_min} }} "
+                "or more",
+                scope="task resources",
+            )
+        cpu_min = _int(config.get("cpuCountMin"))
+        cores = self.task.reserved_cores
+        if cores and cores < cpu_min:
+            raise ConfigError(
+                "resources.cores",
+                f"{cores} is less than the {cpu_min} CPU cores image {url} needs (its "
+                f"cpuCountMin); give the task resources {{ cores = {cpu_min} }} or more, or "
+                "only cpu (MHz) to keep the image's CPU count",
+                scope="task resources",
+            )
+
+    def _user_notice(self) -> None:
+        # emitted once the image is here, so a long pull cannot push it out of the task's
+        # last ten events (all Nomad keeps)
+        if self.task.user:
+            self._emit(
+                f"The task's user {self.task.user!r} is not used: tart runs as the plugin's "
+                "tart_user, and commands in the VM run as ssh_user",
+                {"vm": self.vm_name},
+            )
 
     async def _bundle_exists(self, tart: Tart) -> bool:
         return await (trio.Path(tart.vm_dir(self.vm_name)) / "config.json").exists()
 
-    async def _pull(self, tart: Tart, url: str) -> None:
-        self._emit(f"Downloading image {url}", {"image": url})
+    async def _pull(self, tart: Tart, url: str, *, join: bool = False) -> None:
+        """Download ``url`` (or wait for the pre-pull downloading it), with a few events.
+
+        Nomad keeps a task's last ten events: progress becomes an event every two minutes
+        (as Docker's driver does) and a log line every ten seconds.
+        """
+        joining = " (the pre-pull is downloading it)" if join else ""
+        self._emit(f"Downloading image {url}{joining}", {"image": url})
         began = trio.current_time()
-        last_report = -PROGRESS_EVERY
+        throttle = ProgressThrottle(began)
+        logged = began
 
         def progress(percent: int) -> None:
-            nonlocal last_report
+            nonlocal logged
             now = trio.current_time()
-            if now - last_report >= PROGRESS_EVERY or percent == 100:
-                last_report = now
+            if throttle.due(now):
                 self._emit(
                     f"Downloading image {url}: {percent}%", {"image": url, "percent": str(percent)}
                 )
+            if now - logged >= PROGRESS_EVERY:
+                logged = now
+                log.info("downloading image", extra={"image": url, "percent": percent})
 
-        try:
-            await self.ctx.pulls.pull(
-                tart,
-                url,
-                self._credentials(),
-                timeout_seconds=self.ctx.pull_timeout,
-                inactivity_seconds=self.ctx.pull_inactivity,
-                on_progress=progress,
+        def waiting() -> None:
+            self._emit(
+                f"Waiting for another download from {images.host_of(url)} to finish (Tart "
+                "pulls one image per registry at a time)",
+                {"image": url},
             )
+
+        listener = PullListener(progress=progress, waiting=waiting)
+        try:
+            if join:
+                await self.ctx.pulls.join_prepull(url, listener)
+            else:
+                await self.ctx.pulls.pull(
+                    tart,
+                    url,
+                    self._credentials(),
+                    timeout_seconds=self.ctx.pull_timeout,
+                    inactivity_seconds=self.ctx.pull_inactivity,
+                    listener=listener,
+                    check_space=self._space_check(tart, url),
+                )
+        except _diskspace.NotEnoughSpace as exc:
+            self._emit(f"Downloading image {url} failed: {exc}", {"image": url})
+            raise
         except TartCommandError as exc:
             self._emit(f"Downloading image {url} failed: {exc.stderr or exc}", {"image": url})
             raise RecoverableError(f"pulling image {url} failed: {exc}") from exc
         took = trio.current_time() - began
         self._emit(f"Downloaded image {url} in {took:.0f}s", {"image": url})
+
+    def _space_check(self, tart: Tart, url: str) -> Callable[[int], None]:
+        home, reserve = tart.home_dir, self.ctx.disk_reserve
+
+        def check(needed: int) -> None:
+            _diskspace.require(home, reserve, needed, f"pulling {url}")
+
+        return check
 
     async def _configure(self, tart: Tart) -> None:
         cpus = self.task.reserved_cores
@@ -625,6 +716,10 @@ def _describe(process: processes.VMProcess) -> str:
     words = [os.path.basename(a) for a in process.argv]
     at = words.index("tart") if "tart" in words else 0
     return f"{' '.join(words[at : at + 2])} (pid {process.pid})"
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) else 0
 
 
 def _clone_race(exc: TartCommandError) -> bool:

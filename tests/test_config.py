@@ -115,6 +115,9 @@ def test_password_is_redacted_in_repr() -> None:
             ["directory[0]"],
         ),
         ({"directory": [directory(path="/a:b")]}, "directory[0].path", ["':'"]),
+        ({"ssh_user": ""}, "ssh_user", ["required", "pull_only"]),
+        ({"ssh_password": ""}, "ssh_password", ["required", "pull_only"]),
+        ({"pull_only": True, "url": "my-local-vm"}, "pull_only", ["remote", "'my-local-vm'"]),
     ],
 )
 def test_bad_values_name_the_field_and_the_allowed_values(
@@ -217,5 +220,38 @@ def test_task_config_struct_is_the_documented_one() -> None:
         "root_disk",
         "directory",
         "log_command",
+        "force_pull",
+        "pull_only",
     }
-    assert {n for n, f in fields.items() if f.required} == {"url", "ssh_user", "ssh_password"}
+    assert {n for n, f in fields.items() if f.required} == {"url"}
+
+
+def test_a_pull_only_task_needs_no_guest_login() -> None:
+    config = decode_task_config(encoded(ssh_user="", ssh_password="", pull_only=True))
+    assert config.pull_only and config.ssh_user == "" and not config.force_pull
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "words"),
+    [
+        ({"pre_pull": {"images": ["ubuntu"]}}, "pre_pull.images[0]", ["'ubuntu'", "remote"]),
+        ({"pre_pull": {"concurrency": 0}}, "pre_pull.concurrency", [">= 1"]),
+        ({"pre_pull": {"period": "soon"}}, "pre_pull.period", ["'soon'"]),
+        (
+            {"pre_pull": {"auth": [{"registry": "", "username": "u", "password": "tok3n"}]}},
+            "pre_pull.auth[0].registry",
+            ["empty"],
+        ),
+        ({"disk_reserve": -5}, "disk_reserve", [">= 0"]),
+        ({"image_cache_budget": -1}, "image_cache_budget", [">= 0"]),
+    ],
+)
+def test_bad_fleet_options_name_the_field(
+    fields: dict[str, Any], field: str, words: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        decode_plugin_config(msgspec.msgpack.encode(fields))
+    assert caught.value.field == field
+    for word in words:
+        assert word in str(caught.value)
+    assert "tok3n" not in str(caught.value)

@@ -209,6 +209,14 @@ BAD_INPUTS: list[tuple[str, str, list[str]]] = [
     ("disk_size = 1.5", "disk_size", ["int"]),
 ]
 
+# ssh_user and ssh_password are optional in the schema (a pull_only task needs neither)
+NO_LOGIN = 'url = "ghcr.io/x/y:1"\n'
+LOGIN_INPUTS: list[tuple[str, str, list[str]]] = [
+    ('ssh_user = "a"', "ssh_password", ["required", "pull_only"]),
+    ('ssh_password = "pw"', "ssh_user", ["required", "pull_only"]),
+    ('pull_only = true\nurl = "local-vm"', "pull_only", ["remote", "'local-vm'"]),
+]
+
 
 @pytest.mark.parametrize(("snippet", "field", "words"), BAD_INPUTS)
 async def test_bad_inputs_get_clear_errors(
@@ -224,11 +232,26 @@ async def test_bad_inputs_get_clear_errors(
         assert word in str(caught.value)
 
 
+@pytest.mark.parametrize(("snippet", "field", "words"), LOGIN_INPUTS)
+async def test_a_missing_guest_login_gets_a_clear_error(
+    sim: NomadSim, tmp_path: Path, snippet: str, field: str, words: list[str]
+) -> None:
+    await sim.call("launch", **launch_args(tmp_path / "plugin.log"))
+    body = snippet if "url" in snippet else NO_LOGIN + snippet
+    encoded = await sim.call("encode_job", job_hcl=_job(body))
+    (task,) = encoded["tasks"].values()
+    with pytest.raises(ConfigError) as caught:
+        decode_task_config(base64.b64decode(task["msgpack_b64"]))
+    assert caught.value.field == field
+    for word in words:
+        assert word in str(caught.value)
+
+
 async def test_missing_required_option_fails_in_nomad(sim: NomadSim, tmp_path: Path) -> None:
     await sim.call("launch", **launch_args(tmp_path / "plugin.log"))
     with pytest.raises(NomadSimError) as caught:
-        await sim.call("encode_job", job_hcl=_job('url = "ghcr.io/x/y:1"\nssh_user = "a"'))
-    assert "ssh_password" in str(caught.value)
+        await sim.call("encode_job", job_hcl=_job('ssh_user = "a"\nssh_password = "pw"'))
+    assert "url" in str(caught.value)
 
 
 async def _first(sim: NomadSim, op: str) -> dict[str, Any]:
