@@ -11,7 +11,7 @@ from typing import Final
 import trio
 
 from tart_trio import _capabilities as capabilities
-from tart_trio import _fingerprint, _session, _stats
+from tart_trio import _diskspace, _fingerprint, _imagecache, _prepull, _session, _stats
 from tart_trio._config import PluginConfig, decode_plugin_config, decode_task_config
 from tart_trio._errors import TartTrioError, TaskNotFound
 from tart_trio._events import EventBus
@@ -38,6 +38,7 @@ from tart_trio._tart import processes
 from tart_trio._tart.cli import Tart, TartNotFound, locate_tart, resolve_user
 from tart_trio._task import FORCE_SECONDS, TaskContext, TaskRunner, delete_vm
 from tart_trio._version import __version__
+from tart_trio._warm import PullOnlyRunner
 
 NAME: Final = "tart"
 API_VERSIONS: Final = ("v0.1.0",)
@@ -103,11 +104,12 @@ class Driver:
         """Own every task's runner and the shared pulls until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self._pulls = Pulls(nursery)
+            self._pulls = Pulls(nursery, after_pull=self._after_pull)
             task_status.started()
             # Only the client's real plugin instance (SetConfig with nomad_config) manages
             # VMs on its own; the throwaway fingerprint and validation launches never do.
             await self._serving.wait()
+            nursery.start_soon(_prepull.keep_images, self._prepull_context())
             await run_reconciler(
                 self._tart, lambda: set(self._vm_names), lambda: self.config.gc_config
             )
@@ -208,6 +210,7 @@ class Driver:
             provision_lock=self._provision_lock,
             slots=self.slots,
             launch_prefix=self._launch_prefix(tart),
+            disk_reserve=_diskspace.reserve_bytes(tart.home_dir, self.config.disk_reserve),
         )
 
     def _launch_prefix(self, tart: Tart) -> tuple[str, ...]:
@@ -217,6 +220,62 @@ class Driver:
             return ()
         launchctl = _session.launchctl(tart.env)
         return () if launchctl is None else tuple(_session.in_session_of(launchctl, tart.user.uid))
+
+    # ---- images ------------------------------------------------------------------------
+
+    def _prepull_context(self) -> _prepull.PrePullContext:
+        assert self._pulls is not None
+
+        def space_check(tart: Tart, url: str) -> Callable[[int], None]:
+            reserve = _diskspace.reserve_bytes(tart.home_dir, self.config.disk_reserve)
+
+            def check(needed: int) -> None:
+                _diskspace.require(tart.home_dir, reserve, needed, f"pulling {url}")
+
+            return check
+
+        return _prepull.PrePullContext(
+            config=lambda: self.config,
+            tart=self._tart,
+            pulls=self._pulls,
+            space_check=space_check,
+            changed=lambda: self._config_changed,
+        )
+
+    def _images_in_use(self) -> set[str]:
+        """Images the cache budget never prunes: the pre-pull's and every task's."""
+        keep = {runner.config.url for runner in self._tasks.values()}
+        if self.config.pre_pull is not None:
+            keep.update(self.config.pre_pull.images)
+        return keep
+
+    async def _after_pull(self, image: str) -> None:
+        """A pull finished: report the cache at once, and prune it to the budget."""
+        self._refresh_fingerprint()
+        budget = self.config.image_cache_budget
+        if budget is None:
+            return
+        try:
+            # no clone runs while Tart prunes, and every task that needs an image is in
+            # the task table before it looks for it
+            async with self._provision_lock:
+                removed = await _imagecache.prune_to_budget(
+                    self._tart(), budget * _diskspace.GB, self._images_in_use()
+                )
+        except Exception as exc:
+            log.warning("pruning the image cache failed", extra={"error": str(exc)})
+            return
+        if removed:
+            log.info(
+                "pruned images to the cache budget",
+                extra={"budget_gb": budget, "removed": ",".join(removed), "after": image},
+            )
+            self._refresh_fingerprint()
+
+    def _refresh_fingerprint(self) -> None:
+        """Report a new fingerprint now rather than at the end of the period."""
+        self._config_changed.set()
+        self._config_changed = trio.Event()
 
     def _emitter(self, task: NomadTask) -> Callable[[str, dict[str, str]], None]:
         def emit(message: str, annotations: dict[str, str]) -> None:
@@ -264,14 +323,13 @@ class Driver:
         share_with_tart_user(config, secrets, ctx.tart.user)
         vm_name = await self._claim_vm_name(task, ctx.tart)
         emit = self._emitter(task)
-        emit(f"Starting VM {vm_name} from {config.url}", {"vm": vm_name})
-        if task.user:
-            emit(
-                f"The task's user {task.user!r} is not used: tart runs as the plugin's "
-                "tart_user, and commands in the VM run as ssh_user",
-                {"vm": vm_name},
-            )
-        runner = TaskRunner(task, config, vm_name, ctx, emit)
+        runner: TaskRunner
+        if config.pull_only:
+            emit(f"Making image {config.url} present on this node (pull_only)", {})
+            runner = PullOnlyRunner(task, config, vm_name, ctx, emit)
+        else:
+            emit(f"Starting VM {vm_name} from {config.url}", {"vm": vm_name})
+            runner = TaskRunner(task, config, vm_name, ctx, emit)
         self._tasks[task.id] = runner
         assert self._nursery is not None
         try:

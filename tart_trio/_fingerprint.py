@@ -27,6 +27,7 @@ import trio
 from tart_trio import _session, _softnet
 from tart_trio._config import PluginConfig
 from tart_trio._errors import TartTrioError
+from tart_trio._imagecache import fingerprint_attributes
 from tart_trio._model import AttributeValue, Fingerprint
 from tart_trio._tart import versions
 from tart_trio._tart.cli import Tart, UnknownUser, locate_tart, resolve_user, unreachable_user
@@ -255,6 +256,11 @@ async def login_session(probe: Probe) -> Finding:
     return Finding(attributes)
 
 
+async def image_cache(probe: Probe) -> Finding:
+    """The images in Tart's cache and the free disk, for constraints and affinities."""
+    return Finding(await fingerprint_attributes(probe.tart))
+
+
 CONCERNS: Final[tuple[tuple[str, Concern], ...]] = (
     ("the host", host),
     ("the tart version", tart_version),
@@ -262,6 +268,7 @@ CONCERNS: Final[tuple[tuple[str, Concern], ...]] = (
     ("running as root", root_on_macos_15),
     ("softnet", softnet),
     ("the login session", login_session),
+    ("the image cache", image_cache),
 )
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from tart_trio import _proc
 from tart_trio._errors import TartTrioError
-from tart_trio._model import NomadTask
+from tart_trio._model import ExitResult, NomadTask
 from tart_trio._state import DriverState
 from tart_trio._task import TaskContext, TaskRunner, read_status
+from tart_trio._warm import PullOnlyRunner
 
 
 class VMVanished(TartTrioError):
@@ -23,6 +24,12 @@ async def recover_runner(
     emit: Callable[[str, dict[str, str]], None],
 ) -> TaskRunner:
     """A runner attached to the VM ``state`` describes: running, or already exited."""
+    if state.task_config.pull_only:
+        # a pull-only task ended as soon as its image was there
+        done = PullOnlyRunner(task, state.task_config, state.vm_name, ctx, emit)
+        done.adopt(state)
+        done.finish(ExitResult(exit_code=0))
+        return done
     runner = TaskRunner(task, state.task_config, state.vm_name, ctx, emit)
     runner.adopt(state)
     if _proc.alive(state.supervisor_pid, state.supervisor_token):
