@@ -27,5 +27,15 @@ plugin "nomad-driver-tart" {
       creation_grace = "10m"
       dry_run        = false
     }
+
+    # Fleet: images kept present on the node, and the disk they may use.
+    pre_pull {
+      images      = []   # e.g. ["ghcr.io/cirruslabs/macos-sequoia-xcode:latest"]
+      concurrency = 1
+      period      = "1h"
+      # auth { registry = "registry.example.com" username = "ci-bot" password = "..." }
+    }
+    # disk_reserve       = 20   # GB left free on TART_HOME's volume; unset: a tenth of it, at most 20
+    # image_cache_budget = 300  # GB Tart's caches may use, pruned after pulls; unset: no budget
   }
 }

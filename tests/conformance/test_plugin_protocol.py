@@ -18,6 +18,8 @@ from tart_trio._config import (
     GCConfig,
     Network,
     PluginConfig,
+    PrePull,
+    RegistryAuth,
     RootDisk,
     TaskConfig,
     decode_plugin_config,
@@ -68,7 +70,28 @@ async def test_plugin_info_and_schemas(sim: NomadSim, tmp_path: Path) -> None:
     ("agent", "expected"),
     [
         ("agent.hcl", PluginConfig()),
-        ("agent-full.hcl", PluginConfig(gc=GCConfig())),
+        ("agent-full.hcl", PluginConfig(gc=GCConfig(), pre_pull=PrePull())),
+        (
+            "agent-fleet.hcl",
+            PluginConfig(
+                tart_user="ci",
+                pre_pull=PrePull(
+                    images=(
+                        "ghcr.io/cirruslabs/macos-sequoia-xcode:latest",
+                        "registry.example.com/ci/macos-xcode:16",
+                    ),
+                    auth=(
+                        RegistryAuth(
+                            registry="registry.example.com",
+                            username="ci-bot",
+                            password="registry-token",
+                        ),
+                    ),
+                ),
+                disk_reserve=40,
+                image_cache_budget=300,
+            ),
+        ),
         (
             "agent-hardened.hcl",
             PluginConfig(
@@ -156,6 +179,15 @@ EXPECTED: dict[str, TaskConfig] = {
         ssh_user="admin",
         ssh_password="admin",
         auth=Auth(username="ci-bot", password=PASSWORD),
+    ),
+    "warm-fleet.nomad.hcl": TaskConfig(
+        url="ghcr.io/cirruslabs/macos-sequoia-xcode:latest", pull_only=True, force_pull=True
+    ),
+    "ci-cached-image.nomad.hcl": TaskConfig(
+        url="ghcr.io/cirruslabs/macos-sequoia-xcode:latest",
+        ssh_user="admin",
+        ssh_password=PASSWORD,
+        force_pull=True,
     ),
 }
 
