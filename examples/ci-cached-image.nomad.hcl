@@ -13,7 +13,7 @@ job "ios-ci" {
   }
 
   constraint {
-    attribute = "${attr.driver.tart.disk_free_gb}"
+    attribute = "${attr.unique.driver.tart.disk_free_gb}"
     operator  = ">="
     value     = "80"
   }

@@ -2,9 +2,10 @@
 
 The fingerprint lists the cached images by tag and by digest, comma-separated as Nomad's
 ``set_contains``/``set_contains_any`` operators read them, and the free space of the
-volume that holds TART_HOME. Pruning uses Tart's own ``tart prune --space-budget``, which
-keeps the most recently used images that fit; images the driver must keep are marked as
-used just before, and the budget handed to Tart always covers them.
+volume that holds TART_HOME (in Nomad's ``unique.`` namespace). Pruning uses Tart's own
+``tart prune --space-budget``, which keeps the most recently used images that fit; images
+the driver must keep are marked as used just before, and the budget handed to Tart always
+covers them.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ async def listing(tart: Tart) -> CacheListing:
 
 def attributes(cache: CacheListing, free: int) -> dict[str, AttributeValue]:
     """Node attributes; an empty list is left out, which removes it from the node."""
-    found: dict[str, AttributeValue] = {f"{PREFIX}.disk_free_gb": free // GB}
+    # "unique.": it differs from Mac to Mac and changes all the time, so Nomad keeps it out
+    # of the node's computed class (constraints on it are checked node by node)
+    found: dict[str, AttributeValue] = {f"unique.{PREFIX}.disk_free_gb": free // GB}
     if cache.tags:
         found[f"{PREFIX}.images"] = ",".join(cache.tags)
     if cache.digests:

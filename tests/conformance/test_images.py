@@ -205,7 +205,7 @@ async def test_pre_pull_keeps_images_present_and_the_scheduler_sees_the_cache(
         fingerprints, lambda a: a.get("driver.tart.images") == f"{ci},{private}", 5
     )
     assert f"ghcr.io/acme/ci@sha256:{'c1' * 32}" in attrs["driver.tart.image_digests"].split(",")
-    assert int(attrs["driver.tart.disk_free_gb"]) > 0
+    assert int(attrs["unique.driver.tart.disk_free_gb"]) > 0
     # the tag moves on the registry: the next check follows it
     fake_tart.add_image("ghcr.io/acme/ci", digest="sha256:" + "c2" * 32, **slow)
     await fingerprint_where(
