@@ -62,7 +62,11 @@ async def keep_images(ctx: PrePullContext) -> None:
         pre_pull = config.pre_pull
         wait = math.inf
         if pre_pull is not None and pre_pull.images:
-            failed = await pull_round(ctx, config, pre_pull)
+            try:
+                failed = await pull_round(ctx, config, pre_pull)
+            except Exception as exc:  # a bug here must not take the plugin down
+                log.error("pre-pull failed", exc_info=exc)
+                failed = len(pre_pull.images)
             period = parse_duration(pre_pull.period)
             wait = min(period, retry) if failed else period
             retry = min(retry * 2, period) if failed else RETRY_FIRST
