@@ -90,6 +90,7 @@ class Driver:
         self.host_compute: HostCompute | None = None
         self.events = EventBus()
         self._config_changed = trio.Event()
+        self._new_config = trio.Event()
         self._tasks: dict[str, TaskRunner] = {}
         self._recovering: dict[str, trio.Event] = {}
         self._vm_names: set[str] = set()
@@ -137,6 +138,8 @@ class Driver:
             self.host_compute = _stats.host_compute(*topology) if topology else None
             self._serving.set()
         self._fingerprint_soon()
+        self._new_config.set()  # the pre-pull follows a new image list at once
+        self._new_config = trio.Event()
         log.debug("plugin configured", extra={"api_version": api_version})
 
     def _fingerprint_soon(self) -> None:
@@ -239,7 +242,7 @@ class Driver:
             tart=self._tart,
             pulls=self._pulls,
             space_check=space_check,
-            changed=lambda: self._config_changed,
+            changed=lambda: self._new_config,
         )
 
     def _images_in_use(self) -> set[str]:
@@ -251,7 +254,7 @@ class Driver:
 
     async def _after_pull(self, image: str) -> None:
         """A pull finished: report the cache at once, and prune it to the budget."""
-        self._refresh_fingerprint()
+        self._fingerprint_soon()
         budget = self.config.image_cache_budget
         if budget is None:
             return
@@ -270,12 +273,7 @@ class Driver:
                 "pruned images to the cache budget",
                 extra={"budget_gb": budget, "removed": ",".join(removed), "after": image},
             )
-            self._refresh_fingerprint()
-
-    def _refresh_fingerprint(self) -> None:
-        """Report a new fingerprint now rather than at the end of the period."""
-        self._config_changed.set()
-        self._config_changed = trio.Event()
+            self._fingerprint_soon()
 
     def _emitter(self, task: NomadTask) -> Callable[[str, dict[str, str]], None]:
         def emit(message: str, annotations: dict[str, str]) -> None:

@@ -75,18 +75,22 @@ async def keep_images(ctx: PrePullContext) -> None:
 
 
 async def pull_round(ctx: PrePullContext, config: PluginConfig, pre_pull: PrePull) -> int:
-    """Pull every image once, ``concurrency`` at a time; return how many failed."""
-    limiter = trio.CapacityLimiter(pre_pull.concurrency)
+    """Pull every image once, in the listed order, ``concurrency`` at a time; return how
+    many failed."""
+    slots = trio.Semaphore(pre_pull.concurrency)
     failures = 0
 
     async def one(url: str) -> None:
         nonlocal failures
-        async with limiter:
+        try:
             if not await _pull_one(ctx, config, pre_pull, url):
                 failures += 1
+        finally:
+            slots.release()
 
     async with trio.open_nursery() as nursery:
         for url in dict.fromkeys(pre_pull.images):
+            await slots.acquire()
             nursery.start_soon(one, url)
     return failures
 
