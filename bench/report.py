@@ -899,9 +899,9 @@ class Report:
             f"{r['attribute_bytes']:,} characters. Two plugin instances under nomadsim, one "
             "per `tart_home`, asked in alternating runs; opening the Fingerprint stream makes "
             "the plugin probe tart and send its first report, timed to that message. The cache "
-            "attributes add one `tart` call to the fingerprint's two (`tart --version`, `tart "
-            "list --source local`); each call starts the fake, a Python program, where Tart is "
-            "a native binary. The size of the listing adds little to it.",
+            "attributes add one `tart list --source oci` to the fingerprint's other `tart` "
+            "calls (`--version`, the local VM list); each call starts the fake, a Python "
+            "program, where Tart is a native binary. The size of the listing adds little.",
             "",
         )
 
