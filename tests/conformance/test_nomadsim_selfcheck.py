@@ -8,10 +8,14 @@ dir and log FIFOs, streams, exec, kill/sigkill/reattach and cleanup.
 from __future__ import annotations
 
 import base64
+import functools
+import http.server
 import json
 import os
+import stat
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -451,6 +455,79 @@ async def test_task_lifecycle_logs_events(sim: NomadSim, tmp_path: Path) -> None
     entries = log_entries(tmp_path / "plugin.log")
     starting = [e for e in entries if e["@message"] == "starting task"]
     assert starting and starting[0]["@level"] == "info" and starting[0]["task_id"] == task_id
+
+
+HOOKS_JOB = """
+job "hooks" {
+  group "g" {
+    task "t1" {
+      driver = "fixture"
+      env {
+        FROM_BLOCK = "block-${NOMAD_ALLOC_ID}"
+        OVERRIDDEN = "by the env block"
+      }
+      artifact {
+        source = "ARTIFACT_URL"
+      }
+      template {
+        data        = "OVERRIDDEN={{ env \\"NOMAD_TASK_NAME\\" }}-template\\nexport QUOTED='a b'\\n"
+        destination = "secrets/vars.env"
+        env         = true
+        perms       = "600"
+      }
+      template {
+        data        = "task {{ env \\"NOMAD_TASK_NAME\\" }}"
+        destination = "local/rendered.txt"
+      }
+      config {
+        message = "${OVERRIDDEN}"
+      }
+    }
+  }
+}
+"""
+
+
+async def test_task_hooks_build_the_env_and_the_task_dir_as_nomad_does(
+    sim: NomadSim, tmp_path: Path
+) -> None:
+    """Directory variables for image isolation, env block, artifacts, templates."""
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "input.txt").write_text("artifact body\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/input.txt"
+        alloc_dir = tmp_path / "alloc"
+        started = await sim.call(
+            "start_task",
+            task={"name": "t1", "alloc_dir": str(alloc_dir), "env": {}},
+            job_hcl=HOOKS_JOB.replace("ARTIFACT_URL", url),
+            create_alloc_dir=True,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    env = started["task_config"]["env"]
+    alloc_id = started["task_config"]["alloc_id"]
+    assert (env["NOMAD_ALLOC_DIR"], env["NOMAD_TASK_DIR"], env["NOMAD_SECRETS_DIR"]) == (
+        "/alloc",
+        "/local",
+        "/secrets",
+    )
+    assert env["FROM_BLOCK"] == f"block-{alloc_id}"
+    assert env["OVERRIDDEN"] == "t1-template" and env["QUOTED"] == "a b"
+    assert started["driver_config"]["message"] == "t1-template"
+    assert (alloc_dir / "t1/local/input.txt").read_text() == "artifact body\n"
+    assert (alloc_dir / "t1/local/rendered.txt").read_text() == "task t1"
+    assert stat.S_IMODE((alloc_dir / "t1/secrets/vars.env").stat().st_mode) == 0o600
+    for sub in ("alloc", "alloc/data", "t1", "t1/local", "t1/secrets"):
+        assert stat.S_IMODE((alloc_dir / sub).stat().st_mode) == 0o777, sub
+    await sim.call("destroy_task", task_id=started["task_id"])
 
 
 async def test_stop_signal_exec_stats(sim: NomadSim) -> None:

@@ -721,12 +721,12 @@ func buildTaskConfig(a startTaskArgs, jobName, groupName string, host compute) (
 	return cfg, nil
 }
 
-// jobNamesFor finds the job, group and task names of the task a start_task
-// with a job file refers to (by task_name, task.name, or else the first task
-// using the driver), so the TaskConfig and NOMAD_* env match the job.
-func jobNamesFor(a startTaskArgs) (string, string, string, error) {
+// jobTaskFor finds the task a start_task with a job file refers to (by
+// task_name, task.name, or else the first task using the driver), so the
+// TaskConfig and NOMAD_* env match the job; nil without a job.
+func jobTaskFor(a startTaskArgs) (*jobTask, error) {
 	if a.JobFile == "" && a.JobHCL == "" {
-		return "", "", "", nil
+		return nil, nil
 	}
 	name := a.TaskName
 	if name == "" {
@@ -740,20 +740,24 @@ func jobNamesFor(a startTaskArgs) (string, string, string, error) {
 	if a.JobFile != "" {
 		var err error
 		if src, err = os.ReadFile(a.JobFile); err != nil {
-			return "", "", "", localErrorf("reading job file: %v", err)
+			return nil, localErrorf("reading job file: %v", err)
 		}
 	}
-	job, err := parseJob(src, pick(a.JobFile, "job.nomad.hcl"), nil)
+	overrides, err := jsonVars(a.Vars)
 	if err != nil {
-		return "", "", "", err
+		return nil, err
+	}
+	job, err := parseJob(src, pick(a.JobFile, "job.nomad.hcl"), overrides)
+	if err != nil {
+		return nil, err
 	}
 	driver := pick(a.Driver, "tart")
-	for _, t := range job.tasks {
+	for i, t := range job.tasks {
 		if (name != "" && t.Name == name) || (name == "" && t.Driver == driver) {
-			return t.Job, t.Group, t.Name, nil
+			return &job.tasks[i], nil
 		}
 	}
-	return "", "", "", nil
+	return nil, nil
 }
 
 func maxInt64(a, b int64) int64 {
@@ -793,38 +797,20 @@ func opStartTask(s *sim, raw json.RawMessage) (interface{}, error) {
 		return nil, err
 	}
 	ctx := context.Background()
-	jobName, groupName, taskName, err := jobNamesFor(a)
+	jt, err := jobTaskFor(a)
 	if err != nil {
 		return nil, err
 	}
-	if a.TaskName == "" {
-		a.TaskName = taskName
+	var jobName, groupName string
+	if jt != nil {
+		jobName, groupName = jt.Job, jt.Group
+		if a.TaskName == "" {
+			a.TaskName = jt.Name
+		}
 	}
 	cfg, err := buildTaskConfig(a, jobName, groupName, computeOf(s.topologyFor(a.Plugin)))
 	if err != nil {
 		return nil, err
-	}
-	var driverConfigJSON interface{}
-	switch {
-	case a.JobFile != "" || a.JobHCL != "":
-		encs, err := encodeJobTasks(ctx, p, encodeJobArgs{
-			JobFile: a.JobFile, JobHCL: a.JobHCL, TaskName: pick(a.TaskName, cfg.Name),
-			Driver: a.Driver, Env: cfg.Env, Vars: a.Vars,
-		})
-		if err != nil {
-			return nil, err
-		}
-		enc := encs[pick(a.TaskName, cfg.Name)]
-		cfg.MsgpackDriverConfig = enc.Msgpack
-		if j, err := enc.toJSON(); err == nil {
-			driverConfigJSON = j["json"]
-		}
-	case a.MsgpackB64 != nil:
-		b, err := base64.StdEncoding.DecodeString(*a.MsgpackB64)
-		if err != nil {
-			return nil, localErrorf("bad msgpack_b64: %v", err)
-		}
-		cfg.MsgpackDriverConfig = b
 	}
 
 	ts := &taskState{id: cfg.Id, started: time.Now()}
@@ -851,6 +837,35 @@ func opStartTask(s *sim, raw json.RawMessage) (interface{}, error) {
 		}
 		cfg.StdoutPath = paths.StdoutFifo
 		cfg.StderrPath = paths.StderrFifo
+	}
+	if err := runTaskHooks(ctx, p, a, jt, cfg, ts.paths); err != nil {
+		ts.stopLogmon()
+		return nil, err
+	}
+
+	var driverConfigJSON interface{}
+	switch {
+	case a.JobFile != "" || a.JobHCL != "":
+		encs, err := encodeJobTasks(ctx, p, encodeJobArgs{
+			JobFile: a.JobFile, JobHCL: a.JobHCL, TaskName: pick(a.TaskName, cfg.Name),
+			Driver: a.Driver, Env: cfg.Env, Vars: a.Vars,
+		})
+		if err != nil {
+			ts.stopLogmon()
+			return nil, err
+		}
+		enc := encs[pick(a.TaskName, cfg.Name)]
+		cfg.MsgpackDriverConfig = enc.Msgpack
+		if j, err := enc.toJSON(); err == nil {
+			driverConfigJSON = j["json"]
+		}
+	case a.MsgpackB64 != nil:
+		b, err := base64.StdEncoding.DecodeString(*a.MsgpackB64)
+		if err != nil {
+			ts.stopLogmon()
+			return nil, localErrorf("bad msgpack_b64: %v", err)
+		}
+		cfg.MsgpackDriverConfig = b
 	}
 
 	taskRunnerEvent(cfg, "Received", "Task received by client")
@@ -889,6 +904,41 @@ func opStartTask(s *sim, raw json.RawMessage) (interface{}, error) {
 		out["stderr_path"] = ts.paths.StderrFifo
 	}
 	return out, nil
+}
+
+// runTaskHooks completes the task environment and directory the way Nomad's
+// prestart hooks do before StartTask (see taskhooks.go): directory variables
+// for the driver's filesystem isolation, the env block, artifacts, templates.
+func runTaskHooks(ctx context.Context, p *pluginInst, a startTaskArgs, jt *jobTask,
+	cfg *driverpb.TaskConfig, paths *allocPaths) error {
+	if !a.NoDefaultEnv {
+		caps, err := p.driver.Capabilities(ctx, &driverpb.CapabilitiesRequest{})
+		if err != nil {
+			return err
+		}
+		taskDirEnv(cfg.Env, caps.GetCapabilities().GetFsIsolation(), cfg.AllocDir, cfg.Name)
+	}
+	if jt == nil {
+		return nil
+	}
+	hookEnv(cfg.Env, jt.Hooks)
+	if paths == nil {
+		if len(jt.Hooks.Artifacts)+len(jt.Hooks.Templates) > 0 {
+			return localErrorf("artifact and template blocks need create_alloc_dir")
+		}
+		return nil
+	}
+	if err := runArtifacts(paths.TaskDir, jt.Hooks, cfg.Env); err != nil {
+		return localErrorf("%v", err)
+	}
+	fromTemplates, err := runTemplates(paths.TaskDir, jt.Hooks, cfg.Env)
+	if err != nil {
+		return localErrorf("%v", err)
+	}
+	for k, v := range fromTemplates {
+		cfg.Env[k] = v
+	}
+	return nil
 }
 
 type taskArgs struct {
@@ -1051,4 +1101,40 @@ func opRecoverTask(s *sim, raw json.RawMessage) (interface{}, error) {
 	t.handle = h
 	s.mu.Unlock()
 	return map[string]interface{}{"task_id": id, "seconds": time.Since(start).Seconds()}, nil
+}
+
+type logmonArgs struct {
+	TaskID string `json:"task_id"`
+	Stream string `json:"stream"`
+	State  string `json:"state"`
+}
+
+// opLogmon makes a task's log collector stuck ("paused": the FIFO stays
+// open, nothing is read), gone ("closed": no reader at all) or working again
+// ("running"), for one stream ("stdout", "stderr") or both ("").
+func opLogmon(s *sim, raw json.RawMessage) (interface{}, error) {
+	var a logmonArgs
+	if err := parseArgs(raw, &a); err != nil {
+		return nil, err
+	}
+	states := map[string]int32{"running": readerRunning, "paused": readerPaused, "closed": readerClosed}
+	state, ok := states[a.State]
+	if !ok {
+		return nil, localErrorf("state must be running, paused or closed, not %q", a.State)
+	}
+	t := s.task(a.TaskID)
+	if t == nil || t.paths == nil {
+		return nil, localErrorf("no task %q with an alloc dir", a.TaskID)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	changed := 0
+	for _, r := range t.logmon {
+		if a.Stream == "" || r.fifo == map[string]string{
+			"stdout": t.paths.StdoutFifo, "stderr": t.paths.StderrFifo}[a.Stream] {
+			r.setState(state)
+			changed++
+		}
+	}
+	return map[string]interface{}{"readers": changed}, nil
 }

@@ -325,6 +325,7 @@ func opSetConfig(s *sim, raw json.RawMessage) (interface{}, error) {
 // ---- job files -------------------------------------------------------------
 
 type jobTask struct {
+	Hooks                    taskHooks
 	Job, Group, Name, Driver string
 	Config                   hcl.Body
 }
@@ -440,12 +441,26 @@ func parseJob(src []byte, filename string, overrides map[string]cty.Value) (*par
 			for _, tb := range gc.Blocks {
 				tc, _, diags := tb.Body.PartialContent(&hcl.BodySchema{
 					Attributes: []hcl.AttributeSchema{{Name: "driver"}},
-					Blocks:     []hcl.BlockHeaderSchema{{Type: "config"}},
+					Blocks: []hcl.BlockHeaderSchema{
+						{Type: "config"}, {Type: "env"}, {Type: "template"}, {Type: "artifact"},
+					},
 				})
 				if diags.HasErrors() {
 					return nil, fail(diags)
 				}
 				t := jobTask{Job: jb.Labels[0], Group: gb.Labels[0], Name: tb.Labels[0], Config: emptyBody()}
+				var configs, hookBlocks hcl.Blocks
+				for _, b := range tc.Blocks {
+					if b.Type == "config" {
+						configs = append(configs, b)
+					} else {
+						hookBlocks = append(hookBlocks, b)
+					}
+				}
+				tc.Blocks = configs
+				if t.Hooks, diags = parseTaskHooks(hookBlocks, src, job.submitCtx); diags.HasErrors() {
+					return nil, fail(diags)
+				}
 				if attr, ok := tc.Attributes["driver"]; ok {
 					v, diags := attr.Expr.Value(job.submitCtx)
 					if diags.HasErrors() {

@@ -127,6 +127,7 @@ func init() {
 		"exec_cancel":        opExecCancel,
 		"create_network":     opCreateNetwork,
 		"destroy_network":    opDestroyNetwork,
+		"logmon":             opLogmon,
 		// helpers
 		"encode_job":  opEncodeJob,
 		"decode_spec": opDecodeSpec,

@@ -5,8 +5,11 @@ package main
 import (
 	"errors"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -31,30 +34,41 @@ func pathsFor(allocDir, task string) allocPaths {
 }
 
 // createAllocDir builds <alloc_dir>/alloc/{logs,tmp,data} and
-// <alloc_dir>/<task>/{local,secrets,private,tmp} plus the two log FIFOs.
+// <alloc_dir>/<task>/{local,secrets,private,tmp} plus the two log FIFOs,
+// with Nomad's modes (client/allocdir: allocMkdirAll and dropDirPermissions
+// make every directory but the allocation's own 0777, sticky for tmp, and
+// owned by "nobody" when the client is root).
 func createAllocDir(allocDir, task string) (allocPaths, error) {
 	p := pathsFor(allocDir, task)
+	if err := os.MkdirAll(allocDir, 0o755); err != nil {
+		return p, err
+	}
 	dirs := []struct {
 		path string
 		mode os.FileMode
 	}{
-		{allocDir, 0o755},
-		{filepath.Join(allocDir, "alloc"), 0o755},
-		{filepath.Join(allocDir, "alloc", "logs"), 0o755},
-		{filepath.Join(allocDir, "alloc", "tmp"), 0o777 | os.ModeSticky},
-		{filepath.Join(allocDir, "alloc", "data"), 0o755},
-		{p.TaskDir, 0o755},
-		{filepath.Join(p.TaskDir, "local"), 0o755},
-		{filepath.Join(p.TaskDir, "secrets"), 0o755},
-		{filepath.Join(p.TaskDir, "private"), 0o755},
+		{filepath.Join(allocDir, "alloc"), 0o777},
+		{filepath.Join(allocDir, "alloc", "logs"), 0o777},
+		{filepath.Join(allocDir, "alloc", "tmp"), 0o777},
+		{filepath.Join(allocDir, "alloc", "data"), 0o777},
+		{p.TaskDir, 0o777},
+		{filepath.Join(p.TaskDir, "local"), 0o777},
 		{filepath.Join(p.TaskDir, "tmp"), 0o777 | os.ModeSticky},
+		{filepath.Join(p.TaskDir, "secrets"), 0o777},
+		{filepath.Join(p.TaskDir, "private"), 0o777},
 	}
+	uid, gid := nobody()
 	for _, d := range dirs {
 		if err := os.MkdirAll(d.path, 0o755); err != nil {
 			return p, err
 		}
 		if err := os.Chmod(d.path, d.mode); err != nil {
 			return p, err
+		}
+		if uid >= 0 {
+			if err := os.Chown(d.path, uid, gid); err != nil {
+				return p, err
+			}
 		}
 	}
 	for _, fifo := range []string{p.StdoutFifo, p.StderrFifo} {
@@ -63,6 +77,24 @@ func createAllocDir(allocDir, task string) (allocPaths, error) {
 		}
 	}
 	return p, nil
+}
+
+// nobody is the owner Nomad gives task directories when it runs as root
+// (-1 when it does not, or there is no such user).
+func nobody() (int, int) {
+	if os.Geteuid() != 0 {
+		return -1, -1
+	}
+	u, err := user.Lookup("nobody")
+	if err != nil {
+		return -1, -1
+	}
+	uid, err1 := strconv.Atoi(u.Uid)
+	gid, err2 := strconv.Atoi(u.Gid)
+	if err1 != nil || err2 != nil {
+		return -1, -1
+	}
+	return uid, gid
 }
 
 // fifoReader copies a FIFO into a log file like Nomad's logmon: it opens
@@ -75,7 +107,17 @@ type fifoReader struct {
 	stopOnce  sync.Once
 	stop      chan struct{}
 	done      chan struct{}
+	// state is what the test asked logmon to be: readerRunning, readerPaused
+	// (open but reading nothing, a stuck collector) or readerClosed (gone:
+	// the FIFO has no reader until it is set running again).
+	state int32
 }
+
+const (
+	readerRunning int32 = iota
+	readerPaused
+	readerClosed
+)
 
 func openFifoRead(path string) (int, error) {
 	return unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
@@ -125,9 +167,30 @@ func (r *fifoReader) loop(fd int, f *os.File) {
 	for {
 		select {
 		case <-r.stop:
-			drain()
+			if fd >= 0 {
+				drain()
+			}
 			return
 		default:
+		}
+		switch atomic.LoadInt32(&r.state) {
+		case readerPaused:
+			time.Sleep(20 * time.Millisecond)
+			continue
+		case readerClosed:
+			if fd >= 0 {
+				unix.Close(fd)
+				fd = -1
+			}
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		if fd < 0 {
+			nfd, err := openFifoRead(r.fifo)
+			if err != nil {
+				return
+			}
+			fd = nfd
 		}
 		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 		n, err := unix.Poll(fds, 100)
@@ -161,6 +224,10 @@ func (r *fifoReader) loop(fd int, f *os.File) {
 			}
 		}
 	}
+}
+
+func (r *fifoReader) setState(state int32) {
+	atomic.StoreInt32(&r.state, state)
 }
 
 func (r *fifoReader) Stop() {
