@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 
+from tart_trio._durations import parse_duration
+
 NAT_MODES = ("shared", "nat", "default")
 NETWORK_MODES = (*NAT_MODES, "host", "bridged", "softnet")
 CACHING_MODES = ("automatic", "uncached", "cached")
@@ -56,6 +58,10 @@ def _bool(value: Any, field: str) -> bool:
     if value in ("true", "false"):  # msgspec's lax mode accepts these
         return bool(value == "true")
     raise HandError(field, f"expected bool, got {type(value).__name__}")
+
+
+def _optional_bool(value: Any, field: str) -> bool | None:
+    return None if value is None else _bool(value, field)
 
 
 def _int(value: Any, field: str, lo: int, hi: int) -> int:
@@ -202,6 +208,11 @@ TOP_KEYS = {
     "root_disk",
     "directory",
     "log_command",
+    "command",
+    "args",
+    "work_dir",
+    "timeout",
+    "guest_logs",
 }
 
 
@@ -230,6 +241,11 @@ def decode(data: bytes) -> dict[str, Any]:
         "root_disk": _root_disk(obj.get("root_disk")),
         "directory": _directories(obj.get("directory", [])),
         "log_command": _strings(obj.get("log_command", DEFAULT_LOG_COMMAND), "log_command"),
+        "command": _str(obj.get("command", ""), "command"),
+        "args": _strings(obj.get("args", []), "args"),
+        "work_dir": _str(obj.get("work_dir", ""), "work_dir"),
+        "timeout": _str(obj.get("timeout", ""), "timeout"),
+        "guest_logs": _optional_bool(obj.get("guest_logs"), "guest_logs"),
     }
     for field in ("url", "ssh_user"):
         if not str(config[field]).strip():
@@ -239,4 +255,13 @@ def decode(data: bytes) -> dict[str, Any]:
         raise HandError("log_command", "must name a command")
     if auth is not None and not auth["username"]:
         raise HandError("auth.username", "must not be empty")
+    if not config["command"]:
+        for field in ("args", "work_dir", "timeout"):
+            if config[field]:
+                raise HandError(field, "only applies with command")
+    elif config["timeout"]:
+        try:
+            parse_duration(config["timeout"])
+        except ValueError as exc:
+            raise HandError("timeout", str(exc)) from None
     return config

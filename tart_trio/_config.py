@@ -23,6 +23,8 @@ NETWORK_MODES: Final = (*NAT_MODES, "host", "bridged", "softnet")
 CACHING_MODES: Final = ("automatic", "uncached", "cached")
 SYNC_MODES: Final = ("fsync", "full", "none")
 SECRETS_SHARE: Final = "secrets"
+#: With a command, the task's local/ and the allocation's alloc/ are shared beside secrets/.
+COMMAND_SHARES: Final = ("local", "alloc")
 DEFAULT_TAG: Final = "com.apple.virtio-fs.automount"
 DEFAULT_LOG_COMMAND: Final = ("/usr/bin/log", "stream", "--style", "syslog", "--level", "info")
 
@@ -108,6 +110,34 @@ class TaskConfig(Base, frozen=True):
     pull_only: Annotated[
         bool, _doc("Only make the image present on the node, then exit 0 (no VM).")
     ] = False
+
+    # -- a command (batch and CI jobs) -------------------------------------------------
+    command: Annotated[
+        str,
+        _doc("Run this in the guest once it answers SSH; the task ends with its exit code."),
+    ] = ""
+    args: Annotated[tuple[str, ...], _doc("Arguments of command, each passed as written.")] = ()
+    work_dir: Annotated[
+        str,
+        _doc("Where command runs in the guest; relative paths start at the shared task dir."),
+    ] = ""
+    timeout: Annotated[
+        str, _doc("Kill command and fail the task after this long, e.g. 2h; empty: no limit.")
+    ] = ""
+    guest_logs: Annotated[
+        bool | None,
+        _doc("Stream log_command's output into stdout; default true, false with command."),
+    ] = None
+
+    @property
+    def streams_guest_logs(self) -> bool:
+        """Whether the guest's logs (log_command) go to the task's stdout."""
+        return self.guest_logs if self.guest_logs is not None else not self.command
+
+    @property
+    def timeout_seconds(self) -> float:
+        """The command's time limit in seconds (0: none)."""
+        return parse_duration(self.timeout) if self.timeout else 0.0
 
 
 class RegistryAuth(Base, frozen=True):
@@ -409,8 +439,12 @@ def share_tag(directory: Directory) -> str:
     return DEFAULT_TAG
 
 
-def _validate_directories(directories: tuple[Directory, ...]) -> None:
-    by_tag: dict[str, list[tuple[int, str | None]]] = {DEFAULT_TAG: [(-1, SECRETS_SHARE)]}
+def _validate_directories(
+    directories: tuple[Directory, ...], reserved: tuple[str, ...] = (SECRETS_SHARE,)
+) -> None:
+    by_tag: dict[str, list[tuple[int, str | None]]] = {
+        DEFAULT_TAG: [(-1 - n, name) for n, name in enumerate(reserved)]
+    }
     for i, directory in enumerate(directories):
         field = f"directory[{i}]"
         if not directory.path.startswith("/"):
@@ -439,7 +473,7 @@ def _validate_directories(directories: tuple[Directory, ...]) -> None:
                 )
             if name is not None and name in seen:
                 what = (
-                    "is reserved for the task's secrets"
+                    f"is reserved for the task's {name}/ directory"
                     if seen[name] < 0
                     else f"is already used by directory[{seen[name]}]"
                 )
@@ -469,4 +503,31 @@ def validate_task_config(config: TaskConfig) -> None:
         _validate_network(config.network)
     if config.root_disk is not None:
         _validate_root_disk(config.root_disk)
-    _validate_directories(config.directory)
+    _validate_command(config)
+    reserved = (SECRETS_SHARE, *COMMAND_SHARES) if config.command else (SECRETS_SHARE,)
+    _validate_directories(config.directory, reserved)
+
+
+def _validate_command(config: TaskConfig) -> None:
+    """command, args, work_dir and timeout: what a shell in the guest can be given."""
+    if config.command and config.pull_only:
+        raise ConfigError("command", "does not apply with pull_only (no VM is started)")
+    if not config.command:
+        for field in ("args", "work_dir", "timeout"):
+            if getattr(config, field):
+                raise ConfigError(field, "only applies with command (the command to run)")
+        return
+    if not config.command.strip():
+        raise ConfigError("command", 'must name a program, e.g. "/bin/bash"')
+    texts = [("command", config.command), ("work_dir", config.work_dir)]
+    texts += [(f"args[{i}]", arg) for i, arg in enumerate(config.args)]
+    for field, text in texts:
+        if "\0" in text:
+            raise ConfigError(field, "must not contain a NUL character")
+    if config.timeout:
+        try:
+            seconds = parse_duration(config.timeout)
+        except ValueError as exc:
+            raise ConfigError("timeout", str(exc)) from None
+        if seconds < 1:
+            raise ConfigError("timeout", "must be at least 1s")

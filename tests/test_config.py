@@ -118,6 +118,18 @@ def test_password_is_redacted_in_repr() -> None:
         ({"ssh_user": ""}, "ssh_user", ["required", "pull_only"]),
         ({"ssh_password": ""}, "ssh_password", ["required", "pull_only"]),
         ({"pull_only": True, "url": "my-local-vm"}, "pull_only", ["remote", "'my-local-vm'"]),
+        ({"args": ["x"]}, "args", ["only applies with command"]),
+        ({"timeout": "1h"}, "timeout", ["only applies with command"]),
+        ({"command": "make", "timeout": "soon"}, "timeout", ["30s", "1h30m"]),
+        ({"command": "make", "timeout": "500ms"}, "timeout", ["at least 1s"]),
+        ({"command": "   "}, "command", ["program"]),
+        ({"command": "make", "args": ["a", "b\0c"]}, "args[1]", ["NUL"]),
+        (
+            {"command": "make", "directory": [directory(path="/a", name="alloc")]},
+            "directory[0].name",
+            ["reserved", "alloc/"],
+        ),
+        ({"command": "make", "pull_only": True}, "command", ["pull_only"]),
     ],
 )
 def test_bad_values_name_the_field_and_the_allowed_values(
@@ -222,6 +234,11 @@ def test_task_config_struct_is_the_documented_one() -> None:
         "log_command",
         "force_pull",
         "pull_only",
+        "command",
+        "args",
+        "work_dir",
+        "timeout",
+        "guest_logs",
     }
     assert {n for n, f in fields.items() if f.required} == {"url"}
 
@@ -255,3 +272,15 @@ def test_bad_fleet_options_name_the_field(
     for word in words:
         assert word in str(caught.value)
     assert "tok3n" not in str(caught.value)
+
+
+def test_a_command_turns_guest_logs_off_unless_asked_for() -> None:
+    plain = decode_task_config(encoded())
+    assert plain.streams_guest_logs and plain.timeout_seconds == 0
+    job = decode_task_config(encoded(command="/bin/bash", args=["-c", "make"], timeout="1h30m"))
+    assert not job.streams_guest_logs and job.timeout_seconds == 5400
+    assert decode_task_config(encoded(command="make", guest_logs=True)).streams_guest_logs
+    assert not decode_task_config(encoded(guest_logs=False)).streams_guest_logs
+    # alloc and local are only reserved when they are shared, i.e. with a command
+    named = decode_task_config(encoded(directory=[directory(path="/a", name="alloc")]))
+    assert named.directory[0].name == "alloc"
