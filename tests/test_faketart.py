@@ -1526,9 +1526,12 @@ def test_shared_directories(fake_tart: FakeTart, tmp_path: Path):
     ro_dir = tmp_path / "secrets"
     rw_dir = tmp_path / "work"
     tag_dir = tmp_path / "cache"
-    for d in (ro_dir, rw_dir, tag_dir):
+    nobodys = tmp_path / "alloc"  # as Nomad makes its task directories: nobody's, 0777
+    for d in (ro_dir, rw_dir, tag_dir, nobodys):
         d.mkdir()
         d.chmod(0o700)  # like mkdtemp: only root may enter on the host
+    nobodys.chmod(0o777)
+    os.chown(nobodys, 65534, 65534)
     (ro_dir / "token").write_text("t0ken\n")
     (tag_dir / "c").write_text("cached\n")
     fake_tart.make_vm("vm")
@@ -1536,17 +1539,22 @@ def test_shared_directories(fake_tart: FakeTart, tmp_path: Path):
         "vm",
         f"--dir=secrets:{ro_dir}:ro",
         f"--dir=work:{rw_dir}",
+        f"--dir=alloc:{nobodys}",
         f"--dir={tag_dir}:tag=build-cache",
     )
     root = "/Volumes/My Shared Files"
     r = fake_tart.ssh(
         ip,
         f"ls '{root}'; cat '{root}/secrets/token'; touch '{root}/secrets/x' 2>&1; "
-        f"echo hi > '{root}/work/out.txt' && echo wrote",
+        f"echo hi > '{root}/work/out.txt' && echo hi > '{root}/alloc/out.txt' && echo wrote",
     )
-    assert r.stdout.splitlines()[:3] == ["secrets", "work", "t0ken"], r.stdout + r.stderr
+    assert r.stdout.splitlines()[:4] == ["alloc", "secrets", "work", "t0ken"], r.stdout + r.stderr
     assert "Read-only file system" in r.stdout and r.stdout.rstrip().endswith("wrote")
     assert (rw_dir / "out.txt").read_text() == "hi\n"
+    # Tart's file server writes as the user running tart (root here): the guest may write
+    # into another owner's 0777 directory, and what it writes is root's on the host.
+    assert (nobodys / "out.txt").read_text() == "hi\n"
+    assert (nobodys / "out.txt").stat().st_uid == 0
     assert not (ro_dir / "x").exists()
     # a custom tag is not automounted; mount_virtiofs mounts it
     r = fake_tart.ssh(ip, "mkdir -p ~/cache && mount_virtiofs build-cache ~/cache && cat ~/cache/c")

@@ -107,7 +107,11 @@ def make_userns_fd(uid: int, gid: int, proc: str = "/proc") -> int:
 
     Used as the idmapping of shared-directory mounts: files owned by host root
     appear owned by the guest user, like a Mac host user sharing with ``admin``.
-    *proc* must be a procfs of our own PID namespace.
+    Every other id maps to itself (but *uid*/*gid*, taken by root), so a directory of
+    another owner, such as Nomad's 0777 ``nobody`` task directories, keeps its owner and
+    stays writable through its mode: the kernel refuses writes to inodes whose owner
+    the mount cannot map, while Tart's file server on a Mac writes as the user running
+    ``tart``. *proc* must be a procfs of our own PID namespace.
     """
     r, w = os.pipe()
     pid = os.fork()
@@ -138,16 +142,25 @@ def make_userns_fd(uid: int, gid: int, proc: str = "/proc") -> int:
                 raise OSError("user namespace helper did not unshare")
             time.sleep(0.0005)
         with open(f"{proc}/{pid}/uid_map", "w") as f:
-            f.write(f"0 {uid} 1\n")
+            f.write(_id_map(uid))
         with open(f"{proc}/{pid}/setgroups", "w") as f:
             f.write("deny")
         with open(f"{proc}/{pid}/gid_map", "w") as f:
-            f.write(f"0 {gid} 1\n")
+            f.write(_id_map(gid))
         return os.open(f"{proc}/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     finally:
         os.close(w)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
+
+
+def _id_map(guest: int, top: int = 1 << 31) -> str:
+    """0 <-> *guest*; every other id but *guest* to itself (uid_map/gid_map lines)."""
+    lines = [f"0 {guest} 1"]
+    if guest > 1:
+        lines.append(f"1 1 {guest - 1}")
+    lines.append(f"{guest + 1} {guest + 1} {top - guest - 1}")
+    return "\n".join(lines) + "\n"
 
 
 def namespaces_available() -> bool:
