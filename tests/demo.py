@@ -91,7 +91,11 @@ async def demo(workdir: Path) -> None:
                     },
                 }
                 started = await sim.call(
-                    "start_task", task=task, job_file=str(JOB), create_alloc_dir=True
+                    "start_task",
+                    task=task,
+                    job_file=str(JOB),
+                    create_alloc_dir=True,
+                    nomad_vars={"nomad/jobs/macos-sequoia-vanilla": {"ssh_password": "admin"}},
                 )
                 task_id = started["task_id"]
                 say(

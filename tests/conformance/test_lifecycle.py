@@ -20,6 +20,8 @@ pytestmark = pytest.mark.skipif(needs_guest_reason() is not None, reason=needs_g
 
 SEED_JOB = EXAMPLES / "macos-sequoia-vanilla.nomad.hcl"
 PASSWORD = "admin"
+#: The Nomad variable the seed example's template reads the SSH password from.
+SEED_VARS = {"nomad/jobs/macos-sequoia-vanilla": {"ssh_password": PASSWORD}}
 PLUGIN_CONFIG = 'plugin "nomad-driver-tart" {\n  config {\n    boot_timeout = "30s"\n  }\n}\n'
 
 
@@ -57,7 +59,9 @@ async def start(
         },
         "user": user,
     }
-    return await sim.call("start_task", task=task, create_alloc_dir=True, **args)
+    return await sim.call(
+        "start_task", task=task, create_alloc_dir=True, nomad_vars=SEED_VARS, **args
+    )
 
 
 async def collect(stream: SimStream, into: list[dict[str, Any]]) -> None:
@@ -458,7 +462,10 @@ async def test_no_secret_reaches_logs_events_errors_or_argv(
             "env": {"SSH_PASSWORD": secret_ssh, "REGISTRY_TOKEN": secret_registry},
             "resources": {"cpu_shares": 500, "memory_mb": 2048},
         }
-        started = await sim.call("start_task", task=task, job_hcl=job, create_alloc_dir=True)
+        token = {"nomad/jobs/tart-private-image": {"token": secret_registry}}
+        started = await sim.call(
+            "start_task", task=task, job_hcl=job, create_alloc_dir=True, nomad_vars=token
+        )
         bad = dict(
             task,
             alloc_id=str(uuid.uuid4()),
@@ -470,6 +477,7 @@ async def test_no_secret_reaches_logs_events_errors_or_argv(
                 task=bad,
                 create_alloc_dir=True,
                 job_hcl=job.replace("macos-xcode:16", "macos-xcode:17"),
+                nomad_vars={"nomad/jobs/tart-private-image": {"token": "wrong"}},
             )
         errors = [str(caught.value)]
         await sim.call("stop_task", task_id=started["task_id"], timeout_seconds=5)

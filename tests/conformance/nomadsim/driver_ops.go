@@ -588,16 +588,17 @@ type simpleResources struct {
 }
 
 type startTaskArgs struct {
-	Plugin         string                     `json:"plugin"`
-	Task           json.RawMessage            `json:"task"`
-	JobFile        string                     `json:"job_file"`
-	JobHCL         string                     `json:"job_hcl"`
-	TaskName       string                     `json:"task_name"`
-	Driver         string                     `json:"driver"`
-	Vars           map[string]json.RawMessage `json:"vars"`
-	MsgpackB64     *string                    `json:"msgpack_b64"`
-	CreateAllocDir bool                       `json:"create_alloc_dir"`
-	NoDefaultEnv   bool                       `json:"no_default_env"`
+	Plugin         string                       `json:"plugin"`
+	Task           json.RawMessage              `json:"task"`
+	JobFile        string                       `json:"job_file"`
+	JobHCL         string                       `json:"job_hcl"`
+	TaskName       string                       `json:"task_name"`
+	Driver         string                       `json:"driver"`
+	Vars           map[string]json.RawMessage   `json:"vars"`
+	MsgpackB64     *string                      `json:"msgpack_b64"`
+	CreateAllocDir bool                         `json:"create_alloc_dir"`
+	NoDefaultEnv   bool                         `json:"no_default_env"`
+	NomadVars      map[string]map[string]string `json:"nomad_vars"`
 }
 
 func randomHex(n int) string {
@@ -931,7 +932,7 @@ func runTaskHooks(ctx context.Context, p *pluginInst, a startTaskArgs, jt *jobTa
 	if err := runArtifacts(paths.TaskDir, jt.Hooks, cfg.Env); err != nil {
 		return localErrorf("%v", err)
 	}
-	fromTemplates, err := runTemplates(paths.TaskDir, jt.Hooks, cfg.Env)
+	fromTemplates, err := runTemplates(paths.TaskDir, jt.Hooks, cfg.Env, a.NomadVars)
 	if err != nil {
 		return localErrorf("%v", err)
 	}

@@ -16,9 +16,9 @@ package main
 //     (default 0644), and `env = true` templates parsed as KEY=VALUE lines
 //     (go-envparse) into the environment, where they override the env block.
 //
-// Templates support the `env` function of consul-template (the task
-// environment); other functions (Consul, Vault, Nomad variables) are not
-// synthesised. Only http(s) artifacts are fetched.
+// Templates support consul-template's `env` (the task environment) and
+// Nomad's `nomadVar` (variables the test passes as nomad_vars); Consul and
+// Vault functions are not synthesised. Only http(s) artifacts are fetched.
 
 import (
 	"archive/tar"
@@ -321,10 +321,22 @@ func unzip(body []byte, dest string) error {
 }
 
 // runTemplates renders every template into the task directory and returns
-// the variables of the env = true ones.
-func runTemplates(taskDir string, hooks taskHooks, env map[string]string) (map[string]string, error) {
+// the variables of the env = true ones. nomadVar reads the Nomad variables
+// the test gave (path -> items); a missing one is an error here, where Nomad
+// would wait for it and never start the task.
+func runTemplates(taskDir string, hooks taskHooks, env map[string]string,
+	vars map[string]map[string]string) (map[string]string, error) {
 	fromTemplates := map[string]string{}
-	funcs := template.FuncMap{"env": func(name string) string { return env[name] }}
+	funcs := template.FuncMap{
+		"env": func(name string) string { return env[name] },
+		"nomadVar": func(path string) (map[string]string, error) {
+			items, ok := vars[path]
+			if !ok {
+				return nil, fmt.Errorf("Nomad variable %q does not exist (Nomad would wait for it; pass nomad_vars)", path)
+			}
+			return items, nil
+		},
+	}
 	for i, t := range hooks.Templates {
 		tmpl, err := template.New(fmt.Sprintf("template[%d]", i)).Funcs(funcs).Parse(t.Data)
 		if err != nil {
