@@ -1567,6 +1567,30 @@ def test_shared_directories(fake_tart: FakeTart, tmp_path: Path):
 
 
 @needs_guest
+def test_linux_guests_mount_shares_themselves_and_macos_guests_lack_linux_tools(
+    fake_tart: FakeTart, tmp_path: Path
+):
+    share = tmp_path / "work"
+    share.mkdir()
+    (share / "hello").write_text("hi\n")
+    fake_tart.make_vm("l", LINUX_IMAGE)
+    vm, ip = fake_tart.start_vm("l", f"--dir=work:{share}")
+    r = fake_tart.ssh(ip, "ls '/Volumes/My Shared Files' 2>&1; mountpoint -q /mnt/shared; echo $?")
+    assert r.stdout.splitlines()[-1] == "1" and "work" not in r.stdout, "nothing automounted"
+    tag = "com.apple.virtio-fs.automount"
+    r = fake_tart.ssh(ip, f"mount -t virtiofs {tag} /mnt/shared")
+    assert r.returncode == 1 and "only root" in r.stderr
+    r = fake_tart.ssh(ip, f"sudo mount -t virtiofs {tag} /mnt/shared && cat /mnt/shared/work/hello")
+    assert r.stdout == "hi\n", r.stderr
+    vm.kill()
+    fake_tart.make_vm("m", MACOS_IMAGE)
+    vm, ip = fake_tart.start_vm("m")
+    r = fake_tart.ssh(ip, "for p in setsid timeout stdbuf pkill nohup; do command -v $p; done")
+    assert r.stdout.split() == ["/usr/bin/pkill", "/usr/bin/nohup"]
+    vm.kill()
+
+
+@needs_guest
 def test_guest_shutdown_ends_run(fake_tart: FakeTart):
     fake_tart.make_vm("vm")
     vm, ip = fake_tart.start_vm("vm")

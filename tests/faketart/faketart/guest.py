@@ -264,8 +264,8 @@ class Guest:
         m.bind(os.path.join(self.fake, "home"), self.gpath(self.spec["guest_home"]))
         m.bind(os.path.join(self.fake, "guest.log"), self.gpath(GUEST_LOG), readonly=True)
         tags = self.spec.get("tags") or {}
-        if DEFAULT_TAG in tags:
-            self.mount_tag(DEFAULT_TAG, SHARES_ROOT)
+        if DEFAULT_TAG in tags and self.spec.get("os") == "darwin":
+            self.mount_tag(DEFAULT_TAG, SHARES_ROOT)  # macOS automounts; Linux guests mount
 
     def populate(self) -> None:
         s = self.spec
@@ -328,7 +328,7 @@ class Guest:
         disk = self.disk_state()
         if disk is not None:
             files[DISK_STATE] = (json.dumps(disk).encode(), 0o644)
-        for path, body in guest_tools.load(s["guest_python"]).items():
+        for path, body in guest_tools.load(s["guest_python"], s["os"]).items():
             files[path] = (body, 0o755)
         dirs = [
             SHARES_ROOT,
@@ -340,6 +340,8 @@ class Guest:
         ]
         touch = [GUEST_LOG]
         remove = ["/etc/nologin", "/etc/ssh/sshd_config.d"]
+        if s["os"] == "darwin":
+            remove += guest_tools.NOT_ON_MACOS
         traverse = s.get("guest_python_traverse") or []
 
         pid = os.fork()
@@ -594,6 +596,9 @@ class Guest:
         if word == "mount" and self.ns:
             tag, _, gdir = arg.partition(" ")
             try:
+                # `sudo mkdir` cannot make a root-owned mount point here (the fake's sudo
+                # does not gain root), so the mount point is made for it.
+                os.makedirs(self.gpath(gdir), exist_ok=True)
                 self.mount_tag(tag, gdir)
                 self.log.event(f"mount_virtiofs: mounted {tag} at {gdir}", "mount_virtiofs", 90)
             except OSError as e:

@@ -27,13 +27,20 @@ INSTALL = {
     "/usr/local/bin/mount_virtiofs": "mount_virtiofs",
     "/usr/sbin/diskutil": "diskutil",
 }
+# only in Linux guests (macOS has mount_virtiofs)
+INSTALL_LINUX = {"/usr/local/bin/mount": "mount"}
+# Linux programs a Mac does not have: removed from macOS guests, so that nothing that runs
+# in the fake's darwin guests can depend on them (BSD userland: no setsid(1), no GNU
+# coreutils' timeout or stdbuf).
+NOT_ON_MACOS = ("/usr/bin/setsid", "/usr/bin/timeout", "/usr/bin/stdbuf")
 
 
-def load(python: str) -> dict[str, bytes]:
+def load(python: str, guest_os: str = "darwin") -> dict[str, bytes]:
     """{guest path: file content} with ``@PYTHON@`` replaced by *python*."""
     cache: dict[str, bytes] = {}
     res = {}
-    for guest_path, name in INSTALL.items():
+    install = {**INSTALL, **(INSTALL_LINUX if guest_os == "linux" else {})}
+    for guest_path, name in install.items():
         if name not in cache:
             with open(os.path.join(TOOLS_DIR, name), "rb") as f:
                 cache[name] = f.read().replace(b"@PYTHON@", python.encode())
