@@ -1,8 +1,8 @@
 """Benchmarks 3 and 5: guest log throughput, and control-plane latency under log load.
 
 Ten fake Linux VMs run with a ``log_command`` that the bench drives through a shared
-directory (``directory { name = "ctl" }``, seen by the guests under ``/Volumes/My Shared
-Files/ctl``): ``gen.sh <task>`` cats a fixed data file once for every ``go.<task>.<n>``
+directory (``directory { name = "ctl" }``, which the guests mount at ``/mnt/shared/ctl``):
+``gen.sh <task>`` cats a fixed data file once for every ``go.<task>.<n>``
 file the bench creates, and back to back while a ``load`` file exists; otherwise it sleeps.
 
 Throughput (task 0 alone): the plugin path (guest ``cat`` -> SSH -> plugin -> stdout FIFO ->
@@ -32,7 +32,12 @@ from bench.rig import PASSWORD, Rig, job_hcl, open_rig
 from bench.util import CpuMeter, Sample, paired_ratios
 from tests.faketart.fixtures import LINUX_IMAGE
 
-GUEST_DIR = "/Volumes/My Shared Files/ctl"
+GUEST_DIR = "/mnt/shared/ctl"
+#: Linux guests mount Tart's shares themselves (nothing is automounted there).
+MOUNT = (
+    "mountpoint -q /mnt/shared || "
+    "sudo mount -t virtiofs com.apple.virtio-fs.automount /mnt/shared"
+)
 GEN_SH = """\
 #!/bin/sh
 # gen.sh TASK: cat data once per go.TASK.N file; back to back while "load" exists.
@@ -197,12 +202,12 @@ def pump_cpu(data_path: Path) -> float | None:
 def cursor_save_seconds(scratch: Path) -> float | None:
     """CPU seconds of one save of the log cursor file (the pump saves once per chunk)."""
     try:
-        from tart_trio._guest.cursor import Cursor, _CursorFile
+        from tart_trio._guest.cursor import Cursor, CursorFile
     except ImportError:
         return None
     path = scratch / "save.cursor"
     cursor = Cursor("2026-11-27 07:35:31.123456+0000", 1)
-    saver = _CursorFile(path)
+    saver = CursorFile(path)
     cpu0 = time.thread_time()
     for _ in range(500):
         saver.save(cursor)
@@ -287,7 +292,12 @@ async def run(
             # One at a time: concurrent clones race with `tart set` (see the tasks benchmark).
             for i in range(tasks):
                 job = job_hcl(
-                    log_command=["/bin/sh", f"{GUEST_DIR}/gen.sh", str(i)],
+                    log_command=[
+                        "/bin/sh",
+                        "-c",
+                        f'{MOUNT}; exec /bin/sh {GUEST_DIR}/gen.sh "$0"',
+                        str(i),
+                    ],
                     directories=[("ctl", str(share))],
                 )
                 started.append(await rig.start(job))

@@ -29,6 +29,7 @@ from tart_trio._errors import ConfigError, RecoverableError, TartTrioError
 from tart_trio._groups import single_errors
 from tart_trio._guest import disk, session, ssh
 from tart_trio._guest.logs import pump_logs
+from tart_trio._guest.sink import Sink
 from tart_trio._model import ExitResult, NomadTask, TaskPhase
 from tart_trio._pulls import ProgressThrottle, PullListener, Pulls
 from tart_trio._safefs import make_private_dir, open_own_file
@@ -550,17 +551,25 @@ class TaskRunner:
     # ---- running ---------------------------------------------------------------------
 
     async def _watch(self, state: DriverState) -> None:
-        """Own the exit watcher and the log stream until the VM ends."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump_logs, state, self.config.log_command, self._emit)
-            await _proc.wait_exit(state.supervisor_pid, state.supervisor_token)
-            nursery.cancel_scope.cancel()
+        """Own the exit watcher, the stdout sink and the log stream until the VM ends."""
+        stdout = Sink(state.stdout_path, "stdout", self._report)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stdout.run)
+                nursery.start_soon(pump_logs, state, self.config.log_command, self._emit, stdout)
+                await _proc.wait_exit(state.supervisor_pid, state.supervisor_token)
+                nursery.cancel_scope.cancel()
+        finally:
+            stdout.close()
         status = read_status(Path(state.status_file))
         if status is None:
             status = ExitResult(
                 exit_code=1, err="the VM supervisor ended without an exit status; the VM was lost"
             )
         self.finish(status)
+
+    def _report(self, message: str) -> None:
+        self._emit(message, {"vm": self.vm_name})
 
     def finish(self, result: ExitResult) -> None:
         if self.exited.is_set():

@@ -1,4 +1,4 @@
-"""FIFO writes never block, and a momentarily slow reader loses nothing."""
+"""Log FIFOs: a slow logmon pauses the producers, and only a stuck or absent one loses output."""
 
 from __future__ import annotations
 
@@ -8,39 +8,89 @@ from pathlib import Path
 import trio
 
 from tart_trio._fifo import FifoWriter
-from tart_trio._guest.logs import flush_when_writable
+from tart_trio._guest.sink import Checkpoints, Sink
 
 
-async def test_slow_reader_loses_nothing_and_absent_reader_costs_nothing(tmp_path: Path) -> None:
+async def read_all(reader: int, into: bytearray, size: int) -> None:
+    while len(into) < size:
+        await trio.lowlevel.wait_readable(reader)
+        into += os.read(reader, 65536)
+
+
+async def test_a_slow_reader_pauses_the_producer_and_loses_nothing(tmp_path: Path) -> None:
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    saved: list[int] = []
+    sink = Sink(str(fifo), "stdout", lambda message: None, high_water=1 << 20, low_water=1 << 18)
+    checkpoints = Checkpoints[int](sink, saved.append)
+    payload = os.urandom(4 << 20)  # far more than a pipe and the high-water mark hold
+    received = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sink.run)
+        for at in range(0, len(payload), 65536):
+            sink.feed(payload[at : at + 65536])
+            checkpoints.mark(at + 65536)  # what a producer's cursor says after this chunk
+            saved_then = list(saved)
+            if not sink.gate.is_open:
+                break  # the producer stops reading its SSH channel here
+        assert not sink.gate.is_open, "past the high-water mark the producer waits"
+        assert sink.writer.pending <= (1 << 20) + 65536 and sink.writer.dropped == 0
+        assert saved_then[-1] <= sink.done, "a cursor is saved only once its bytes left"
+        fed = at + 65536
+        with trio.fail_after(10):
+            await read_all(reader, received, fed)
+            await sink.drained()
+        assert sink.gate.is_open, "below the low-water mark the producer goes on"
+        nursery.cancel_scope.cancel()
+    assert bytes(received) == payload[:fed]
+    assert saved[-1] == fed and sink.writer.dropped == 0
+    sink.close()
+    os.close(reader)
+
+
+async def test_a_stuck_or_absent_collector_drops_output_only_after_the_stall_limit(
+    tmp_path: Path,
+) -> None:
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    reports: list[str] = []
+    sink = Sink(str(fifo), "stderr", reports.append, stall_seconds=0.5)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sink.run)
+        sink.feed(b"while nobody reads\n")
+        await trio.sleep(0.2)
+        assert sink.writer.pending and not reports, "held, not dropped, within the limit"
+        with trio.fail_after(5):
+            while not reports:
+                await trio.sleep(0.05)
+        assert "took no stderr output for 0s (there is no reader on the FIFO)" in reports[0]
+        assert sink.writer.dropped == len(b"while nobody reads\n") and sink.gate.is_open
+        sink.feed(b"dropped too\n")
+        assert sink.writer.pending == 0, "while stalled, output is dropped at once"
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        sink.feed(b"read again\n")
+        received = bytearray()
+        with trio.fail_after(5):
+            await read_all(reader, received, len(b"read again\n"))
+        assert bytes(received) == b"read again\n"
+        assert "takes stderr output again; 31 bytes were dropped" in reports[-1]
+        nursery.cancel_scope.cancel()
+    sink.close()
+    os.close(reader)
+
+
+def test_the_supervisor_writer_drops_beyond_its_buffer_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "out.fifo"
     os.mkfifo(fifo)
     writer = FifoWriter(str(fifo))
     writer.write(b"nobody reads yet\n")  # no reader: dropped at once, never blocks
     assert writer.dropped == len(b"nobody reads yet\n")
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-    payload = os.urandom(1 << 20)  # far more than a pipe holds
-    received = bytearray()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(flush_when_writable, writer)
-        writer.write(payload)
-        assert writer.pending > 0, "the rest waits in the buffer"
-        with trio.fail_after(10):
-            while len(received) < len(payload):
-                await trio.lowlevel.wait_readable(reader)
-                received += os.read(reader, 65536)
-        nursery.cancel_scope.cancel()
-    assert bytes(received) == payload
-    writer.close()
-    os.close(reader)
-
-
-def test_beyond_the_buffer_output_is_dropped_not_blocked(tmp_path: Path) -> None:
-    fifo = tmp_path / "out.fifo"
-    os.mkfifo(fifo)
-    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     writer = FifoWriter(str(fifo), buffer_limit=1 << 20)
     writer.write(b"x" * (4 << 20))
     assert writer.dropped > 0 and writer.pending <= 1 << 20
+    assert writer.done + writer.pending == writer.accepted
     writer.close()
     os.close(reader)
 

@@ -42,15 +42,18 @@ def load_cursor(path: Path) -> Cursor | None:
 _RECORD: Final = 256  # one fixed-size record, rewritten in place with a single pwrite
 
 
-class _CursorFile:
-    """The cursor file, kept open: each save is one small pwrite (no temp file, no rename)."""
+class CursorFile:
+    """A cursor file, kept open: each save is one small pwrite (no temp file, no rename).
+
+    Used for the guest log cursor and the command's output offsets (any small Struct).
+    """
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._fd: int | None = None
         self._unusable = False
 
-    def save(self, cursor: Cursor) -> None:
+    def save(self, cursor: msgspec.Struct) -> None:
         record = msgspec.json.encode(cursor)
         if len(record) >= _RECORD or self._unusable:
             return  # never happens for timestamps; keep the last good record
@@ -92,14 +95,25 @@ def resume_command(stream_command: Sequence[str], cursor: Cursor) -> list[str] |
 
 
 class LinePump:
-    """Splits output into lines, skips what the cursor says was delivered, writes the rest."""
+    """Splits output into lines, skips what the cursor says was delivered, writes the rest.
+
+    ``on_cursor`` gets the cursor after each delivery; by default it is saved at once
+    (``save_cursor``). A caller whose writes may wait in a buffer replaces it with one that
+    saves only once the lines before it really left (``sink.Checkpoints``).
+    """
 
     def __init__(
-        self, write: Callable[[bytes], None], cursor_file: Path, *, skipping_untimed: bool
+        self,
+        write: Callable[[bytes], None],
+        cursor_file: Path,
+        *,
+        skipping_untimed: bool,
+        resume: Cursor | None = None,
     ) -> None:
         self._write = write
-        self._file = _CursorFile(cursor_file)
-        self._resume = load_cursor(cursor_file)
+        self._file = CursorFile(cursor_file)
+        self.on_cursor: Callable[[Cursor], None] = self._file.save
+        self._resume = resume if resume is not None else load_cursor(cursor_file)
         self._partial = b""
         self._ts = b""
         self._rank = 0
@@ -131,7 +145,7 @@ class LinePump:
             self._dirty = False
             current = self.cursor
             if current is not None:
-                self._file.save(current)
+                self.on_cursor(current)
 
     def _feed_live(self, data: bytes) -> None:
         """Nothing to skip: deliver every complete line at once, then update the cursor
@@ -162,7 +176,11 @@ class LinePump:
             self._ts, self._rank = last_ts, rank
             current = self.cursor
             if current is not None:
-                self._file.save(current)
+                self.on_cursor(current)
+
+    def save_cursor(self, cursor: Cursor) -> None:
+        """Write ``cursor`` to the cursor file now."""
+        self._file.save(cursor)
 
     def close(self) -> None:
         """Release the cursor file."""
@@ -203,11 +221,25 @@ def cursor_path(runtime_dir: str) -> Path:
 
 
 class HeldOutput:
-    """Holds a live stream's output (up to a limit) until ``release``, then passes it on."""
+    """Holds a live stream's output until ``release``, then passes it on.
 
-    def __init__(self, deliver: Callable[[bytes], None], limit: int) -> None:
+    Past ``limit`` bytes it calls ``pause`` (the stream stops reading its channel, so the
+    guest waits instead of output being lost); ``release`` delivers what was held and
+    calls ``resume``.
+    """
+
+    def __init__(
+        self,
+        deliver: Callable[[bytes], None],
+        limit: int,
+        pause: Callable[[], None] = lambda: None,
+        resume: Callable[[], None] = lambda: None,
+    ) -> None:
         self._deliver = deliver
         self._limit = limit
+        self._pause = pause
+        self._resume = resume
+        self._paused = False
         self._held: list[bytes] | None = []
         self._size = 0
 
@@ -215,12 +247,25 @@ class HeldOutput:
         """Hold or deliver a chunk."""
         if self._held is None:
             self._deliver(chunk)
-        elif self._size < self._limit:
-            self._held.append(chunk)
-            self._size += len(chunk)
+            return
+        self._held.append(chunk)
+        self._size += len(chunk)
+        if self._size >= self._limit and not self._paused:
+            self._paused = True
+            self._pause()
 
     def release(self) -> None:
         """Deliver what was held; deliver directly from now on."""
         held, self._held = self._held or [], None
         for chunk in held:
             self._deliver(chunk)
+        if self._paused:
+            self._paused = False
+            self._resume()
+
+    def abandon(self) -> None:
+        """Forget what was held (the stream ended before its replay); resume if paused."""
+        self._held = None
+        if self._paused:
+            self._paused = False
+            self._resume()

@@ -1,8 +1,8 @@
-"""A task's guest logs: ``log_command`` over SSH into the stdout FIFO, for the VM's life.
+"""A task's guest logs: ``log_command`` over SSH into the stdout sink, for the VM's life.
 
 Reconnects with backoff while the guest boots or reboots, resumes from the saved cursor
 after a plugin restart (replaying with ``log show`` while the live stream is held), and
-flushes what logmon could not take yet as soon as the FIFO is writable.
+stops reading the channel while logmon is behind (``sink``), so no line is lost.
 """
 
 from __future__ import annotations
@@ -14,10 +14,18 @@ from typing import Final
 
 import trio
 
-from tart_trio._fifo import FifoWriter
 from tart_trio._groups import single_errors
 from tart_trio._guest import ssh
-from tart_trio._guest.cursor import HeldOutput, LinePump, cursor_path, load_cursor, resume_command
+from tart_trio._guest.cursor import (
+    Cursor,
+    CursorFile,
+    HeldOutput,
+    LinePump,
+    cursor_path,
+    load_cursor,
+    resume_command,
+)
+from tart_trio._guest.sink import Checkpoints, Sink
 from tart_trio._state import DriverState
 
 log = logging.getLogger("logs")
@@ -34,9 +42,9 @@ async def pump_logs(
     state: DriverState,
     command: Sequence[str],
     emit: Callable[[str, dict[str, str]], None],
+    sink: Sink,
 ) -> None:
-    """Stream the guest's logs until cancelled (when the VM ends)."""
-    writer = FifoWriter(state.stdout_path)
+    """Stream the guest's logs into ``sink`` until cancelled (when the VM ends)."""
     address = ssh.GuestAddress(
         host=state.ip,
         user=state.task_config.ssh_user,
@@ -44,100 +52,103 @@ async def pump_logs(
         host_key=state.host_key,
     )
     cursor_file = cursor_path(state.runtime_dir)
+    saved = CursorFile(cursor_file)
+    fed = _Fed(load_cursor(cursor_file), Checkpoints[Cursor](sink, saved.save))
+    try:
+        await _pump(address, state.vm_name, command, emit, sink, cursor_file, fed)
+    finally:
+        fed.checkpoints.close()
+        saved.close()
+
+
+async def _pump(
+    address: ssh.GuestAddress,
+    vm_name: str,
+    command: Sequence[str],
+    emit: Callable[[str, dict[str, str]], None],
+    sink: Sink,
+    cursor_file: Path,
+    fed: _Fed,
+) -> None:
     delay = RETRY_MIN
     reported: int | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(flush_when_writable, writer)
-            while True:
-                began = trio.current_time()
-                status: int | None = None
-                try:
-                    async with ssh.open_guest(address) as guest:
-                        status = await _stream(guest, command, writer, cursor_file)
-                except ssh.HostKeyMismatch as exc:
-                    emit(f"Log streaming stopped: {exc}", {"vm": state.vm_name})
-                    nursery.cancel_scope.cancel()
-                    return
-                except ssh.GuestError as exc:
-                    log.debug(
-                        "log stream unavailable", extra={"vm": state.vm_name, "error": str(exc)}
-                    )
-                if status in NOT_RUNNABLE:
-                    emit(
-                        f"Log streaming stopped: log_command {command[0]!r} cannot run in the "
-                        f"guest (exit code {status}). Set log_command in the task's config, "
-                        'e.g. ["journalctl", "--follow"] for Linux guests',
-                        {"vm": state.vm_name, "exit_code": str(status)},
-                    )
-                    nursery.cancel_scope.cancel()
-                    return
-                if status is not None and status != reported:
-                    reported = status
-                    emit(
-                        f"log_command {command[0]!r} exited with code {status} in the guest; "
-                        "running it again",
-                        {"vm": state.vm_name, "exit_code": str(status)},
-                    )
-                if trio.current_time() - began >= RETRY_MAX:
-                    delay = RETRY_MIN  # it ran a while: come back quickly after a reboot
-                await trio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
-    finally:
-        writer.close()
+    while True:
+        began = trio.current_time()
+        status: int | None = None
+        try:
+            async with ssh.open_guest(address) as guest:
+                status = await _stream(guest, command, sink, cursor_file, fed)
+        except ssh.HostKeyMismatch as exc:
+            emit(f"Log streaming stopped: {exc}", {"vm": vm_name})
+            return
+        except ssh.GuestError as exc:
+            log.debug("log stream unavailable", extra={"vm": vm_name, "error": str(exc)})
+        if status in NOT_RUNNABLE:
+            emit(
+                f"Log streaming stopped: log_command {command[0]!r} cannot run in the "
+                f"guest (exit code {status}). Set log_command in the task's config, "
+                'e.g. ["journalctl", "--follow"] for Linux guests',
+                {"vm": vm_name, "exit_code": str(status)},
+            )
+            return
+        if status is not None and status != reported:
+            reported = status
+            emit(
+                f"log_command {command[0]!r} exited with code {status} in the guest; "
+                "running it again",
+                {"vm": vm_name, "exit_code": str(status)},
+            )
+        if trio.current_time() - began >= RETRY_MAX:
+            delay = RETRY_MIN  # it ran a while: come back quickly after a reboot
+        await trio.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX)
+
+
+class _Fed:
+    """The cursor of the last line fed to the sink (ahead of the saved, delivered one),
+    and the checkpoints that save a cursor once its lines reached logmon."""
+
+    def __init__(self, cursor: Cursor | None, checkpoints: Checkpoints[Cursor]) -> None:
+        self.cursor = cursor
+        self.checkpoints = checkpoints
+
+    def mark(self, cursor: Cursor) -> None:
+        self.cursor = cursor
+        self.checkpoints.mark(cursor)
 
 
 async def _stream(
-    guest: ssh.Guest, command: Sequence[str], writer: FifoWriter, cursor_file: Path
+    guest: ssh.Guest, command: Sequence[str], sink: Sink, cursor_file: Path, fed: _Fed
 ) -> int:
-    """Stream until ``command`` ends; its exit status."""
-    cursor = load_cursor(cursor_file)
-    replay = resume_command(command, cursor) if cursor is not None else None
-    pump = LinePump(writer.write, cursor_file, skipping_untimed=replay is not None)
+    """Stream until ``command`` ends; its exit status.
+
+    A reconnect resumes after the last line fed to the sink (lines may still wait there);
+    the cursor file, read after a plugin restart, holds the last line logmon received.
+    """
+    replay = resume_command(command, fed.cursor) if fed.cursor is not None else None
+    pump = LinePump(sink.feed, cursor_file, skipping_untimed=replay is not None, resume=fed.cursor)
+    pump.on_cursor = fed.mark
     try:
         if replay is None:
-            return await guest.stream(command, pump.feed)
-        live = HeldOutput(pump.feed, REPLAY_HOLD_LIMIT)
+            return await guest.stream(command, pump.feed, gate=sink.gate)
+        live = HeldOutput(pump.feed, REPLAY_HOLD_LIMIT, sink.hold, sink.unhold)
         running = trio.Event()
         ended: list[int] = []
 
         async def stream_live() -> None:
-            ended.append(await guest.stream(command, live.feed, running.set))
+            ended.append(await guest.stream(command, live.feed, running.set, sink.gate))
 
-        with single_errors():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(stream_live)
-                await running.wait()  # the live stream runs before the replay is taken
-                replayed = await guest.run(replay, max_output=REPLAY_LIMIT)
-                pump.feed(replayed.stdout)
-                pump.end_of_replay()
-                live.release()
+        try:
+            with single_errors():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(stream_live)
+                    await running.wait()  # the live stream runs before the replay is taken
+                    replayed = await guest.run(replay, max_output=REPLAY_LIMIT)
+                    pump.feed(replayed.stdout)
+                    pump.end_of_replay()
+                    live.release()
+        finally:
+            live.abandon()
         return ended[0]
     finally:
         pump.close()
-
-
-class _Wakeup:
-    """A re-arming event: ``set`` wakes the next ``wait`` once."""
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-        self._event = trio.Event()
-
-
-async def flush_when_writable(writer: FifoWriter) -> None:
-    """Flush output that did not fit in the FIFO as soon as logmon has read some."""
-    wake = _Wakeup()
-    writer.on_pending = wake.set
-    writer.before_close = trio.lowlevel.notify_closing
-    while True:
-        while writer.pending and (fd := writer.fileno()) is not None:
-            await trio.lowlevel.wait_writable(fd)
-            writer.flush()
-        await wake.wait()

@@ -82,6 +82,43 @@ class ExecResult(msgspec.Struct, frozen=True):
     truncated: bool = False
 
 
+class Gate:
+    """Backpressure for an SSH read loop: opened and closed from trio, awaited in asyncio.
+
+    A read loop that finds the gate closed stops reading its channel; asyncssh then stops
+    granting the guest flow-control window, and the guest's writer waits. Both sides run
+    on one thread (trio-asyncio), so opening resolves the asyncio waiters directly.
+    """
+
+    def __init__(self) -> None:
+        self._open = True
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def is_open(self) -> bool:
+        """Whether readers may go on."""
+        return self._open
+
+    def open(self) -> None:
+        """Let waiting readers go on."""
+        self._open = True
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def close(self) -> None:
+        """Make readers wait at their next chunk."""
+        self._open = False
+
+    async def wait_open(self) -> None:
+        """(asyncio side) Return once the gate is open."""
+        while not self._open:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+
 def shell_join(argv: Sequence[str]) -> str:
     """One POSIX shell command line whose words are exactly ``argv``."""
     return " ".join(shlex.quote(arg) for arg in argv)
@@ -191,13 +228,15 @@ class Guest:
         argv: Sequence[str],
         on_data: Callable[[bytes], None],
         on_started: Callable[[], None] = lambda: None,
+        gate: Gate | None = None,
     ) -> int:
         """Run argv and hand stdout to ``on_data`` as it arrives; return the exit status.
 
-        ``on_started`` is called once the remote process runs.
+        ``on_started`` is called once the remote process runs. While ``gate`` is closed
+        the channel is not read, which pauses the remote writer.
         """
         try:
-            return await run_aio(self._stream_aio, shell_join(argv), on_data, on_started)
+            return await run_aio(self._stream_aio, shell_join(argv), on_data, on_started, gate)
         except (OSError, asyncssh.Error) as exc:
             raise GuestError(f"SSH stream ended on {self.address.host}: {exc}") from exc
 
@@ -215,7 +254,11 @@ class Guest:
                 raise
 
     async def _stream_aio(
-        self, command: str, on_data: Callable[[bytes], None], on_started: Callable[[], None]
+        self,
+        command: str,
+        on_data: Callable[[bytes], None],
+        on_started: Callable[[], None],
+        gate: Gate | None,
     ) -> int:
         async with self._conn.create_process(
             command, encoding=None, stderr=asyncssh.DEVNULL
@@ -225,6 +268,8 @@ class Guest:
                 on_started()
                 while chunk := await process.stdout.read(_CHUNK):
                     on_data(chunk)
+                    if gate is not None and not gate.is_open:
+                        await gate.wait_open()
                 completed = await process.wait()
             except BaseException:
                 _kill(process)
