@@ -35,8 +35,7 @@ from tests.faketart.fixtures import LINUX_IMAGE
 GUEST_DIR = "/mnt/shared/ctl"
 #: Linux guests mount Tart's shares themselves (nothing is automounted there).
 MOUNT = (
-    "mountpoint -q /mnt/shared || "
-    "sudo mount -t virtiofs com.apple.virtio-fs.automount /mnt/shared"
+    "mountpoint -q /mnt/shared || sudo mount -t virtiofs com.apple.virtio-fs.automount /mnt/shared"
 )
 GEN_SH = """\
 #!/bin/sh
