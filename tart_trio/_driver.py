@@ -25,10 +25,11 @@ from tart_trio._model import (
     NomadTask,
     PluginInfo,
     ResourceUsage,
+    TaskEnv,
     TaskEvent,
     TaskStatus,
 )
-from tart_trio._policy import check_task, share_with_tart_user
+from tart_trio._policy import check_task, share_command_dirs, share_with_tart_user
 from tart_trio._pulls import Pulls
 from tart_trio._reconcile import run_reconciler
 from tart_trio._recovery import recover_runner
@@ -307,8 +308,13 @@ class Driver:
             return name
         raise TartTrioError(f"a VM for task {task.name!r} of {task.alloc_id} already runs")
 
-    async def start_task(self, task: NomadTask, msgpack_config: bytes) -> tuple[bytes, str]:
-        """Validate, clone, configure and boot the VM; return the driver state."""
+    async def start_task(
+        self, task: NomadTask, msgpack_config: bytes, env: TaskEnv | None = None
+    ) -> tuple[bytes, str]:
+        """Validate, clone, configure and boot the VM; return the driver state.
+
+        ``env`` reaches only a ``command`` in the guest (see TaskEnv).
+        """
         if not self.config.enabled:
             raise TartTrioError("the tart driver is disabled (enabled = false)")
         if task.id in self._tasks:
@@ -319,6 +325,9 @@ class Driver:
         await capabilities.check_task(config, ctx.tart)
         secrets = os.path.join(task.alloc_dir, task.name, "secrets")
         share_with_tart_user(config, secrets, ctx.tart.user)
+        if config.command:
+            local = os.path.join(task.alloc_dir, task.name, "local")
+            share_command_dirs(local, os.path.join(task.alloc_dir, "alloc"), ctx.tart.user)
         vm_name = await self._claim_vm_name(task, ctx.tart)
         emit = self._emitter(task)
         runner: TaskRunner
@@ -327,7 +336,7 @@ class Driver:
             runner = PullOnlyRunner(task, config, vm_name, ctx, emit)
         else:
             emit(f"Starting VM {vm_name} from {config.url}", {"vm": vm_name})
-            runner = TaskRunner(task, config, vm_name, ctx, emit)
+            runner = TaskRunner(task, config, vm_name, ctx, emit, env=env)
         self._tasks[task.id] = runner
         assert self._nursery is not None
         try:

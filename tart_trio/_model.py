@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import ItemsView, Mapping
 from datetime import datetime
 from typing import Literal
 
@@ -61,7 +62,7 @@ class ExitResult(msgspec.Struct, frozen=True):
 
 
 class NomadTask(msgspec.Struct, frozen=True, kw_only=True):
-    """The parts of Nomad's TaskConfig the driver uses (never the task's environment)."""
+    """The parts of Nomad's TaskConfig the driver uses (the environment is a TaskEnv)."""
 
     id: str
     name: str
@@ -84,6 +85,32 @@ class NomadTask(msgspec.Struct, frozen=True, kw_only=True):
     def reserved_cores(self) -> int:
         """Cores reserved with ``resources.cores`` (0 when only cpu MHz was asked for)."""
         return len([c for c in self.cpuset_cpus.split(",") if c.strip()])
+
+
+class TaskEnv:
+    """The task's environment as Nomad built it: the env block, env templates, ``NOMAD_*``.
+
+    It can hold secrets (values rendered from Vault or Nomad variables), so it is handed
+    only to the guest command's runner: never logged, stored or put in an argv. Its repr
+    shows how many variables it holds, never what they are.
+    """
+
+    __slots__ = ("_variables",)
+
+    def __init__(self, variables: Mapping[str, str] | None = None) -> None:
+        self._variables = dict(variables or {})
+
+    def __len__(self) -> int:
+        return len(self._variables)
+
+    def items(self) -> ItemsView[str, str]:
+        """Name and value of every variable."""
+        return self._variables.items()
+
+    def __repr__(self) -> str:
+        return f"TaskEnv(<{len(self._variables)} variables>)"
+
+    __str__ = __repr__
 
 
 TaskPhase = Literal["starting", "running", "exited"]

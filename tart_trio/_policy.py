@@ -104,7 +104,9 @@ def readable_by(path: str, user: RunAs) -> bool:
     return _blocking_parent(real, user) is None and _bits(info, user) & 0o5 == 0o5
 
 
-def share_secrets(secrets_dir: str, user: RunAs) -> None:
+def share_secrets(
+    secrets_dir: str, user: RunAs, field: str = "the task's secrets directory"
+) -> None:
     """Make the task's secrets directory readable by ``user``, who shares it with the VM.
 
     Nomad creates the directory and renders into it as root; whatever the tart user cannot
@@ -118,7 +120,6 @@ def share_secrets(secrets_dir: str, user: RunAs) -> None:
     single link are handed over: another local user cannot plant a link to a file elsewhere
     and have it given to the tart user.
     """
-    field = "the task's secrets directory"
     path = os.path.abspath(secrets_dir)
     blocked = _blocking_parent(path, user)
     if blocked is not None:
@@ -196,3 +197,28 @@ def share_with_tart_user(config: TaskConfig, secrets_dir: str, user: RunAs | Non
                 "which runs tart and so shares it with the VM",
             )
     share_secrets(secrets_dir, user)
+
+
+def share_command_dirs(local_dir: str, alloc_dir: str, user: RunAs | None) -> None:
+    """With tart_user, a command's guest reads and writes the task's local/ and alloc/.
+
+    Nomad makes both 0777. What the user cannot read in local/ (a template rendered with
+    ``perms = "600"``) is handed over as for secrets/, with the same care: the guest
+    writes there too, so nothing is followed and only root-owned single-link files move.
+    alloc/ holds other tasks' files and logs: it is checked, never changed.
+    """
+    if user is None:
+        return
+    share_secrets(local_dir, user, "the task's local directory")
+    for path, field in ((local_dir, "the task's local directory"), (alloc_dir, "alloc")):
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            raise ConfigError(field, f"{path!r} is not usable: {exc.strerror}") from None
+        blocked = _blocking_parent(os.path.abspath(path), user)
+        if blocked is not None or _bits(info, user) & 0o7 != 0o7:
+            raise ConfigError(
+                field,
+                f"{path!r} is not writable by tart_user {user.name!r}, which shares it "
+                "with the VM for the command to read and write (Nomad makes it 0777)",
+            )

@@ -41,5 +41,5 @@ async def recover_runner(
             f"VM {state.vm_name} is gone: its supervisor (pid {state.supervisor_pid}) is not "
             "running and left no exit status"
         )
-    runner.finish(status)
+    runner.finish(runner.vm_result(status))
     return runner

@@ -37,6 +37,11 @@ class DriverState(msgspec.Struct, frozen=True, kw_only=True):
     stdout_path: str = ""
     stderr_path: str = ""
     log_cursor: str = ""
+    #: With a command: its job directory in the guest (``~/.nomad-tart/<job>``), when it
+    #: started (Unix time), and the guest's OS (which decides where the shares are).
+    command_job: str = ""
+    command_started: float = 0.0
+    guest_os: str = ""
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()

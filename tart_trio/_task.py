@@ -10,27 +10,31 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+import msgspec
 import trio
 
 from tart_trio import _diskspace, _proc
 from tart_trio._config import TaskConfig, network_mode
 from tart_trio._errors import ConfigError, RecoverableError, TartTrioError
 from tart_trio._groups import single_errors
-from tart_trio._guest import disk, session, ssh
+from tart_trio._guest import command, disk, session, ssh
 from tart_trio._guest.logs import pump_logs
 from tart_trio._guest.sink import Sink
-from tart_trio._model import ExitResult, NomadTask, TaskPhase
+from tart_trio._model import ExitResult, NomadTask, TaskEnv, TaskPhase
 from tart_trio._pulls import ProgressThrottle, PullListener, Pulls
 from tart_trio._safefs import make_private_dir, open_own_file
 from tart_trio._slots import MacOSSlots
@@ -57,7 +61,19 @@ CLONE_ATTEMPTS: Final = 3
 GRACEFUL_SIGNALS: Final = frozenset({"", "SIGINT", "SIGTERM", "SIGQUIT", "INT", "TERM", "QUIT"})
 POWER_OFF_SIGNALS: Final = frozenset({"SIGKILL", "KILL"})
 #: Runtime files an earlier run of the task may have left (a new run starts without them).
-STALE_RUNTIME_FILES: Final = ("status.json", "tart-run.pid", "tart-run.log", "log.cursor")
+STALE_RUNTIME_FILES: Final = (
+    "status.json",
+    "tart-run.pid",
+    "tart-run.log",
+    "log.cursor",
+    "command.offsets",
+    "command.result",
+)
+#: With a command: of StopTask's budget, at most this much is kept for powering the VM off.
+POWER_OFF_RESERVE: Final = 3.0
+#: A command's ``timeout`` is enforced in the guest; the plugin gives up on a guest that
+#: has not reported the end this long after the timeout and its SIGKILL grace.
+TIMEOUT_BACKSTOP: Final = 30.0
 
 
 class TaskStopped(TartTrioError):
@@ -97,6 +113,8 @@ class TaskRunner:
         vm_name: str,
         ctx: TaskContext,
         emit: Callable[[str, dict[str, str]], None],
+        *,
+        env: TaskEnv | None = None,
     ) -> None:
         self.task = task
         self.config = config
@@ -117,6 +135,10 @@ class TaskRunner:
         self.supervisor: tuple[int, str | None] | None = None
         #: The SSH connection exec sessions share; closed when the VM ends.
         self.exec_link = session.SharedGuest()
+        #: The task's environment, for the command; dropped once the command started.
+        self._env = env
+        #: How the command ended, as soon as that is known (its output may still flow).
+        self._command_result: ExitResult | None = None
 
     # ---- start -----------------------------------------------------------------------
 
@@ -159,7 +181,8 @@ class TaskRunner:
         await self._clear_earlier_attempt(tart)
         await self._clone(tart)
         await self._configure(tart)
-        darwin = self._darwin = await vms.vm_os(tart, self.vm_name) == "darwin"
+        guest_os = await vms.vm_os(tart, self.vm_name)
+        darwin = self._darwin = guest_os == "darwin"
         if darwin:
             # Apple's limit: one macOS VM at a time between the slot check and tart run.
             async with self.ctx.launch_lock:
@@ -187,6 +210,7 @@ class TaskRunner:
                     host_key=host_key,
                 )
             )
+        job = await self._start_command(ip, host_key, guest_os) if self.config.command else ""
         return DriverState(
             vm_name=self.vm_name,
             task_config=self.config,
@@ -201,6 +225,9 @@ class TaskRunner:
             host_key=host_key,
             stdout_path=self.task.stdout_path,
             stderr_path=self.task.stderr_path,
+            command_job=job,
+            command_started=time.time() if job else 0.0,
+            guest_os=guest_os,
         )
 
     async def _grow_guest_disk(self, address: ssh.GuestAddress) -> None:
@@ -223,6 +250,46 @@ class TaskRunner:
             "the VM runs with the space its image had",
             {"vm": self.vm_name},
         )
+
+    async def _start_command(self, ip: str, host_key: str, guest_os: str) -> str:
+        """Start the task's command in the guest, detached; its job name there."""
+        job = secrets.token_hex(8)
+        env, skipped = command.env_file(
+            dict(self._env.items()) if self._env is not None else {},
+            command.shares_root(guest_os),
+        )
+        self._env = None  # held no longer than needed
+        if skipped:
+            self._emit(
+                f"{len(skipped)} environment variables are not passed to the command: their "
+                f"names are not shell identifiers ({', '.join(skipped[:5])})",
+                {"vm": self.vm_name},
+            )
+        address = ssh.GuestAddress(
+            host=ip, user=self.config.ssh_user, password=self.config.ssh_password, host_key=host_key
+        )
+        argv = [self.config.command, *self.config.args]
+        try:
+            async with ssh.open_guest(address) as guest:
+                await command.launch(
+                    guest,
+                    job,
+                    argv,
+                    work_dir=self.config.work_dir,
+                    guest_os=guest_os,
+                    time_limit=self.config.timeout_seconds,
+                    env=env,
+                )
+        except command.CommandError as exc:
+            raise TartTrioError(str(exc)) from None
+        except ssh.HostKeyMismatch:
+            raise
+        except ssh.GuestError as exc:
+            raise RecoverableError(
+                f"starting the command in VM {self.vm_name} failed: {exc}"
+            ) from exc
+        self._emit(f"Command {self.config.command!r} started in the guest", {"vm": self.vm_name})
+        return job
 
     def _credentials(self) -> dict[str, str]:
         """Registry credentials for this task's tart calls only (never argv, never stored)."""
@@ -443,8 +510,13 @@ class TaskRunner:
             )
 
     async def _launch(self, tart: Tart) -> tuple[int, str | None]:
-        secrets = str(Path(self.task.alloc_dir) / self.task.name / "secrets")
-        run = tart.argv(*tart_argv.run_argv(self.vm_name, self.config, secrets))
+        task_dir = Path(self.task.alloc_dir) / self.task.name
+        shares: list[tuple[str, str]] = []
+        if self.config.command:
+            shares = [("local", str(task_dir / "local")), ("alloc", str(task_dir.parent / "alloc"))]
+        run = tart.argv(
+            *tart_argv.run_argv(self.vm_name, self.config, str(task_dir / "secrets"), shares)
+        )
         command = [
             *self.ctx.launch_prefix,
             sys.executable,
@@ -457,7 +529,8 @@ class TaskRunner:
             "--log-file",
             str(self.runtime_dir / "tart-run.log"),
             "--stderr-fifo",
-            self.task.stderr_path or os.devnull,
+            # With a command, stderr is the command's; tart run's output stays in its log.
+            os.devnull if self.config.command else self.task.stderr_path or os.devnull,
             *processes.owner_argument(self.task.alloc_id, self.task.name),
             "--",
             *run,
@@ -551,25 +624,143 @@ class TaskRunner:
     # ---- running ---------------------------------------------------------------------
 
     async def _watch(self, state: DriverState) -> None:
-        """Own the exit watcher, the stdout sink and the log stream until the VM ends."""
+        """Own the exit watcher, the output sinks, the log stream and the command until
+        the VM ends."""
         stdout = Sink(state.stdout_path, "stdout", self._report)
+        stderr = Sink(state.stderr_path if state.command_job else None, "stderr", self._report)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(stdout.run)
-                nursery.start_soon(pump_logs, state, self.config.log_command, self._emit, stdout)
+                if state.command_job:
+                    nursery.start_soon(stderr.run)
+                    nursery.start_soon(self._follow_command, state, stdout, stderr)
+                if self.config.streams_guest_logs:
+                    nursery.start_soon(
+                        pump_logs, state, self.config.log_command, self._emit, stdout
+                    )
                 await _proc.wait_exit(state.supervisor_pid, state.supervisor_token)
                 nursery.cancel_scope.cancel()
         finally:
             stdout.close()
-        status = read_status(Path(state.status_file))
+            stderr.close()
+        self.finish(self.vm_result(read_status(Path(state.status_file))))
+
+    def vm_result(self, status: ExitResult | None) -> ExitResult:
+        """The task's result once its VM has ended with ``status`` (None: no status)."""
+        if self.state is not None and self.state.command_job:
+            known = self._command_result or _read_command_result(self.runtime_dir)
+            if known is not None:
+                return known
+            output = _tail(self.runtime_dir / "tart-run.log", 300)
+            return ExitResult(
+                exit_code=1,
+                err="the VM stopped while the command was still running; the command's exit "
+                "status is unknown" + (f" (tart run: {output})" if output else ""),
+            )
         if status is None:
-            status = ExitResult(
+            return ExitResult(
                 exit_code=1, err="the VM supervisor ended without an exit status; the VM was lost"
             )
-        self.finish(status)
+        return status
 
     def _report(self, message: str) -> None:
         self._emit(message, {"vm": self.vm_name})
+
+    def _guest_address(self, state: DriverState) -> ssh.GuestAddress:
+        return ssh.GuestAddress(
+            host=state.ip,
+            user=self.config.ssh_user,
+            password=self.config.ssh_password,
+            host_key=state.host_key,
+        )
+
+    async def _follow_command(self, state: DriverState, stdout: Sink, stderr: Sink) -> None:
+        """Follow the command to its end: output into the sinks, then the task's result,
+        then the VM is powered off (DestroyTask deletes it)."""
+        watch = command.CommandWatch(
+            self._guest_address(state),
+            state.command_job,
+            command.offsets_path(state.runtime_dir),
+            stdout,
+            stderr,
+            whole_lines=self.config.streams_guest_logs,
+        )
+        limit = self.config.timeout_seconds
+        deadline = math.inf
+        if limit:
+            wall = state.command_started + limit + command.TIMEOUT_GRACE + TIMEOUT_BACKSTOP
+            deadline = trio.current_time() + max(wall - time.time(), 0.0)
+        result: ExitResult
+        with trio.move_on_at(deadline) as backstop:
+            try:
+                outcome = await watch.run()
+            except ssh.HostKeyMismatch as exc:
+                result = ExitResult(exit_code=1, err=f"the command's output stopped: {exc}")
+            else:
+                result = self._command_outcome(outcome, watch.reconnected)
+        if backstop.cancelled_caught:
+            result = ExitResult(
+                exit_code=1,
+                err=f"the command did not end within its timeout of {self.config.timeout} and "
+                "the guest did not report it; the VM is powered off",
+            )
+        self._command_result = result
+        _write_command_result(self.runtime_dir, result)
+        await stdout.drained()
+        await stderr.drained()
+        self.finish(result)
+        await self._power_off()
+
+    def _command_outcome(self, outcome: command.Outcome, reconnected: bool) -> ExitResult:
+        if outcome.how == "exited":
+            code = outcome.exit_code
+            signum = code - 128 if 128 < code <= 128 + 64 else 0
+            err = ""
+            if outcome.timed_out:
+                err = (
+                    f"the command did not finish within its timeout of {self.config.timeout} "
+                    "and was killed"
+                )
+            return ExitResult(exit_code=code, signal=signum, err=err)
+        if outcome.timed_out:
+            return ExitResult(
+                exit_code=128 + 9,
+                signal=9,
+                err=f"the command did not finish within its timeout of {self.config.timeout} "
+                "and was killed (SIGKILL)",
+            )
+        why = command.describe(outcome)
+        if reconnected:
+            why += " (its SSH connection had dropped)"
+        return ExitResult(exit_code=1, err=why)
+
+    async def _power_off(self, grace: float = 10.0) -> None:
+        """Power the VM off (`tart stop`: a hard stop) and wait until it is down."""
+        if self.supervisor is None:
+            return
+        pid, token = self.supervisor
+        if not _proc.alive(pid, token):
+            return
+        await self._tart_stop(grace)
+        with trio.move_on_after(grace + FORCE_SECONDS):
+            await _proc.wait_exit(pid, token)
+        if _proc.alive(pid, token):
+            await self._force_down()
+
+    async def _signal_command(self, name: str) -> bool:
+        """Send signal ``name`` (``kill -s`` form) to the command's process group."""
+        if self.state is None:
+            return False
+        with trio.move_on_after(SHUTDOWN_SSH_SECONDS):
+            try:
+                async with ssh.open_guest(self._guest_address(self.state)) as guest:
+                    return await command.send_signal(guest, self.state.command_job, name)
+            except ssh.GuestError as exc:
+                log.info(
+                    "signalling the command over SSH failed",
+                    extra={"vm": self.vm_name, "error": str(exc)},
+                )
+        return False
 
     def finish(self, result: ExitResult) -> None:
         if self.exited.is_set():
@@ -612,6 +803,14 @@ class TaskRunner:
         upper = name.upper()
         if self.phase != "running" or self.state is None:
             raise TartTrioError(f"task {self.task.id} is not running")
+        if self.state.command_job:
+            try:
+                bare = command.signal_name(name, default="KILL")
+            except ValueError as exc:
+                raise TartTrioError(str(exc)) from None
+            if not await self._signal_command(bare):
+                raise TartTrioError(f"the command of task {self.task.id} is not running")
+            return
         if upper in GRACEFUL_SIGNALS and upper:
             await self._guest_shutdown(self.state)
             return
@@ -627,7 +826,14 @@ class TaskRunner:
     # ---- stop / destroy ----------------------------------------------------------------
 
     async def stop(self, budget: float, signal_name: str) -> None:
-        """One budget: ask the guest to shut down, power off, then force; return when down."""
+        """One budget: ask the guest to shut down, power off, then force; return when down.
+
+        With a command: first the command's process group gets ``signal_name`` and most of
+        the budget to exit, then the VM is powered off.
+        """
+        if self.state is not None and self.state.command_job and self.phase != "starting":
+            await self._stop_command(budget, signal_name)
+            return
         if self.phase == "exited":
             return
         if self.phase == "starting" or self.state is None:
@@ -647,6 +853,22 @@ class TaskRunner:
         if not self.exited.is_set():
             await self._force_down()
             await self.exited.wait()
+
+    async def _stop_command(self, budget: float, signal_name: str) -> None:
+        began = trio.current_time()
+        if not self.exited.is_set():
+            try:
+                name = command.signal_name(signal_name)
+            except ValueError:
+                log.info("unknown kill_signal; using SIGINT", extra={"signal": signal_name})
+                name = "INT"
+            with trio.move_on_after(max(budget - min(POWER_OFF_RESERVE, budget / 2), 0.0)):
+                if await self._signal_command(name):
+                    await self.exited.wait()
+            if not self.exited.is_set():
+                self.finish(ExitResult(exit_code=128 + 9, signal=9))
+        left = budget - (trio.current_time() - began)
+        await self._power_off(max(left, 1.0))
 
     async def _guest_shutdown(self, state: DriverState) -> None:
         address = ssh.GuestAddress(
@@ -685,6 +907,7 @@ class TaskRunner:
         if self.phase != "exited":
             await self.stop(0, "SIGKILL")
         self._scope.cancel()
+        await self._power_off(0)  # a task whose command ended may still be powering off
         await self._delete_vm()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
@@ -745,6 +968,26 @@ def read_status(path: Path) -> ExitResult | None:
     except (OSError, ValueError):
         return None
     return ExitResult(exit_code=int(raw.get("exit_code", 0)), signal=int(raw.get("signal", 0)))
+
+
+def _write_command_result(runtime_dir: Path, result: ExitResult) -> None:
+    """Keep the command's result beside the VM's status (recovery may need it later)."""
+    try:
+        fd = open_own_file(str(runtime_dir / "command.result"), os.O_WRONLY | os.O_CREAT)
+    except OSError:
+        return
+    with os.fdopen(fd, "wb") as out:
+        out.truncate()
+        out.write(msgspec.json.encode(result))
+
+
+def _read_command_result(runtime_dir: Path) -> ExitResult | None:
+    try:
+        fd = open_own_file(str(runtime_dir / "command.result"), os.O_RDONLY)
+        with os.fdopen(fd, "rb") as raw:
+            return msgspec.json.decode(raw.read(), type=ExitResult)
+    except (OSError, msgspec.DecodeError):
+        return None
 
 
 def _tail(path: Path, limit: int = 600) -> str:

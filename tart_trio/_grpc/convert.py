@@ -21,6 +21,7 @@ from tart_trio._model import (
     ResourceUsage,
     StdinClose,
     StdinData,
+    TaskEnv,
     TaskEvent,
     TaskStatus,
     TerminalResize,
@@ -152,8 +153,13 @@ def task_event(event: TaskEvent) -> driver_pb2.DriverTaskEvent:
 GO_ZERO_TIME = -62135596800  # Go's zero time.Time, what Go drivers send for "not yet"
 
 
+def task_env(task: driver_pb2.TaskConfig) -> TaskEnv:
+    """The task's environment, for a command in the guest (see TaskEnv: never printed)."""
+    return TaskEnv(task.env)
+
+
 def nomad_task(task: driver_pb2.TaskConfig) -> NomadTask:
-    """The fields of Nomad's TaskConfig the driver uses (the env stays in the rpc layer)."""
+    """The fields of Nomad's TaskConfig the driver uses (the env travels as a TaskEnv)."""
     resources = task.resources
     allocated = resources.allocated_resources
     return NomadTask(

@@ -132,7 +132,10 @@ class DriverService(driver_grpc.DriverBase):
         assert request is not None
         task = convert.nomad_task(request.task)
         state, ip = await run_trio(
-            self._driver.start_task, task, request.task.msgpack_driver_config
+            self._driver.start_task,
+            task,
+            request.task.msgpack_driver_config,
+            convert.task_env(request.task),
         )
         await stream.send_message(convert.start_response(request, state, ip))
 

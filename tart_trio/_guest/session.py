@@ -22,6 +22,7 @@ from tart_trio._bridge import run_aio
 from tart_trio._guest.ssh import (
     _CHUNK,
     CONNECT_SECONDS,
+    Gate,
     Guest,
     GuestAddress,
     GuestError,
@@ -86,6 +87,7 @@ class RemoteProcess:
         self._process = process
         self.session_id = session_id
         self._early = early
+        self._detached = False
 
     def _error(self, exc: BaseException) -> GuestError:
         return GuestError(f"SSH session on {self._guest.address.host} failed: {exc}")
@@ -108,6 +110,33 @@ class RemoteProcess:
             data, self._early = self._early, b""
             return data
         return await self._read(self._process.stdout)
+
+    async def pipe_stdout(self, on_data: Callable[[bytes], None], gate: Gate | None = None) -> None:
+        """Hand every stdout chunk to ``on_data`` until the command closes its stdout.
+
+        The loop runs on the asyncio side (no bridge crossing per chunk); while ``gate``
+        is closed the channel is not read, so the command in the guest waits.
+        """
+        if self._early:
+            data, self._early = self._early, b""
+            on_data(data)
+        await self._call(self._pipe_aio, on_data, gate)
+
+    async def _pipe_aio(self, on_data: Callable[[bytes], None], gate: Gate | None) -> None:
+        while chunk := await self._process.stdout.read(_CHUNK):
+            on_data(chunk)
+            if gate is not None and not gate.is_open:
+                await gate.wait_open()
+
+    async def detach(self) -> None:
+        """Close the channel and leave the command running in the guest.
+
+        Without a terminal sshd does not signal a session's processes when its channel
+        closes, so a command whose stdio no longer points at the channel lives on.
+        """
+        self._detached = True
+        with trio.CancelScope(shield=True):
+            await run_aio(_close_aio, self._process)
 
     async def read_stderr(self) -> bytes:
         """The next stderr bytes (nothing with a PTY); ``b""`` at the end."""
@@ -164,8 +193,8 @@ class RemoteProcess:
             await run_aio(self._kill_aio)
 
     async def close(self) -> None:
-        """Kill the command if it still runs, then close its channel."""
-        if not self.finished:
+        """Kill the command if it still runs (unless detached), then close its channel."""
+        if not self.finished and not self._detached:
             await self.kill()
         with trio.CancelScope(shield=True):
             await run_aio(_close_aio, self._process)

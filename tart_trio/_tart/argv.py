@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from tart_trio._config import (
     SECRETS_SHARE,
     Directory,
@@ -56,12 +58,19 @@ def dir_spec(directory: Directory) -> str:
     return f"{spec}:{','.join(opts)}" if opts else spec
 
 
-def run_argv(vm_name: str, config: TaskConfig, secrets_dir: str) -> list[str]:
-    """``tart run`` arguments (without the executable)."""
+def run_argv(
+    vm_name: str, config: TaskConfig, secrets_dir: str, task_shares: Sequence[tuple[str, str]] = ()
+) -> list[str]:
+    """``tart run`` arguments (without the executable).
+
+    ``task_shares``: more of the task's directories shared read-write beside secrets/
+    (name, host path): local/ and alloc/ for a task with a command.
+    """
     argv = ["run", vm_name]
     if not config.show_ui:
         argv.append("--no-graphics")
     argv.append(f"--dir={SECRETS_SHARE}:{secrets_dir}:ro")
+    argv += [f"--dir={name}:{path}" for name, path in task_shares]
     argv += network_args(config.network)
     opts = root_disk_opts(config.root_disk)
     if opts:

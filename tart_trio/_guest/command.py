@@ -1,0 +1,499 @@
+"""A task's ``command`` in the guest: detached from SSH, recorded in files, resumable.
+
+The command runs under a small POSIX ``sh`` runner (the guest's ``/bin/sh``: bash 3.2 on
+macOS, dash or bash on Linux; no ``setsid``, no GNU-only flags). Everything lives in a job
+directory in the guest user's home, ``~/.nomad-tart/<job>/``:
+
+``out``, ``err``  the command's stdout and stderr, appended as it writes them;
+``pid``           the runner's pid and start time (a reboot or a kill is seen as "gone");
+``status``        ``timeout`` when the time limit fired, then ``exit CODE OUTSIZE ERRSIZE``;
+``runner.log``    what the runner's shell itself says (job reports such as "Terminated").
+
+The runner is the SSH session's own shell: sshd made it the leader of a new session and
+process group, and the command runs in the foreground under it, in that group. Its stdio
+points at the files, so losing the SSH connection, or the plugin, does not touch it. It
+traps the usual signals (a trap waits for the foreground command), so signalling the
+group reaches the command and leaves the runner to record the exit status.
+
+The plugin follows ``out`` and ``err`` with ``tail -c +N -f`` in their own SSH sessions,
+each into its sink, from byte offsets saved once logmon has the bytes; a third session
+waits on ``status``. After a restart of the plugin (or a lost connection) the followers
+start again from those offsets: no gap, no duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final, Literal
+
+import msgspec
+import trio
+
+from tart_trio._guest import session, ssh
+from tart_trio._guest.cursor import CursorFile
+from tart_trio._guest.sink import Checkpoints, Sink
+
+log = logging.getLogger("command")
+
+JOBS_DIR: Final = ".nomad-tart"
+RUNNER_NAME: Final = "tart-command"
+#: Where the default-tag shares (secrets/, local/, alloc/, directory blocks) are in the guest.
+SHARES_ROOT: Final = {"darwin": "/Volumes/My Shared Files", "linux": "/mnt/shared"}
+DEFAULT_TAG: Final = "com.apple.virtio-fs.automount"
+#: After the time limit: SIGTERM, then this long before SIGKILL.
+TIMEOUT_GRACE: Final = 10
+RETRY_MIN: Final = 0.5
+RETRY_MAX: Final = 5.0
+#: Signals that may be sent to the command (names common to macOS and Linux).
+SIGNALS: Final = frozenset(
+    [
+        "HUP",
+        "INT",
+        "QUIT",
+        "ILL",
+        "TRAP",
+        "ABRT",
+        "FPE",
+        "KILL",
+        "BUS",
+        "SEGV",
+        "SYS",
+        "PIPE",
+        "ALRM",
+        "TERM",
+        "URG",
+        "STOP",
+        "TSTP",
+        "CONT",
+        "CHLD",
+        "TTIN",
+        "TTOU",
+        "IO",
+        "XCPU",
+        "XFSZ",
+        "VTALRM",
+        "PROF",
+        "WINCH",
+        "USR1",
+        "USR2",
+    ]
+)
+_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+# argv: JOB ROOT OS LIMIT GRACE WORKDIR COMMAND [ARG...]
+# stdin: the guest password (one line, for `sudo mount` in Linux guests), then the env file.
+_LAUNCH: Final = r"""
+__tt_jobs="$HOME/.nomad-tart"
+__tt_j="$__tt_jobs/$1"; __tt_root=$2; __tt_os=$3; __tt_limit=$4; __tt_grace=$5; __tt_dir=$6
+shift 6
+umask 077
+mkdir -p "$__tt_jobs" && mkdir "$__tt_j" 2>/dev/null || {
+  echo "tart-command-error cannot create $__tt_j (it exists already, or the home is full)"
+  exit 70
+}
+IFS= read -r __tt_pw
+cat > "$__tt_j/env" || { echo "tart-command-error cannot write $__tt_j/env"; exit 70; }
+if [ "$__tt_os" = linux ] && ! mountpoint -q "$__tt_root" 2>/dev/null; then
+  printf '%s\n' "$__tt_pw" | sudo -S -p '' mkdir -p "$__tt_root" >/dev/null 2>&1
+  printf '%s\n' "$__tt_pw" | sudo -S -p '' mount -t virtiofs "$__tt_tag" "$__tt_root" \
+    >/dev/null 2>&1 || {
+    echo "tart-command-error cannot mount the shared folders at $__tt_root (sudo mount -t virtiofs)"
+    exit 71
+  }
+fi
+__tt_pw=
+case $__tt_dir in /*) ;; *) __tt_dir="$__tt_root/$__tt_dir" ;; esac
+cd "$__tt_dir" 2>/dev/null || { echo "tart-command-error no such directory: $__tt_dir"; exit 72; }
+: > "$__tt_j/out"; : > "$__tt_j/err"; : > "$__tt_j/status"
+echo "$$ $(echo $(ps -o lstart= -p $$))" > "$__tt_j/pid"
+echo "tart-command-started $$"
+exec </dev/null >>"$__tt_j/out" 2>>"$__tt_j/runner.log"
+trap : HUP INT QUIT TERM USR1 USR2 ALRM
+. "$__tt_j/env"
+rm -f "$__tt_j/env"
+if [ "$__tt_limit" != 0 ]; then
+  (
+    trap '' HUP INT QUIT TERM USR1 USR2 ALRM
+    sleep "$__tt_limit"
+    echo timeout >> "$__tt_j/status"
+    kill -s TERM -- "-$$" 2>/dev/null
+    sleep "$__tt_grace"
+    kill -s KILL -- "-$$" 2>/dev/null
+  ) &
+  __tt_watchdog=$!
+fi
+"$@" 2>>"$__tt_j/err"
+__tt_code=$?
+[ -z "${__tt_watchdog:-}" ] || kill -s KILL "$__tt_watchdog" 2>/dev/null
+set -- $(wc -c < "$__tt_j/out") $(wc -c < "$__tt_j/err")
+echo "exit $__tt_code $1 $2" >> "$__tt_j/status"
+"""
+
+# argv: JOB. Prints the status lines as they come; "lost OUTSIZE ERRSIZE" when the runner
+# is gone without an exit line; "missing" when the job was never started.
+_WAIT: Final = r"""
+__tt_j="$HOME/.nomad-tart/$1"
+[ -f "$__tt_j/pid" ] || { echo missing; exit 0; }
+read -r __tt_pid __tt_start < "$__tt_j/pid"
+tail -n +1 -f "$__tt_j/status" 2>/dev/null &
+__tt_tail=$!
+while [ "$(echo $(ps -o lstart= -p "$__tt_pid" 2>/dev/null))" = "$__tt_start" ]; do
+  sleep 1
+done
+if ! grep -q '^exit ' "$__tt_j/status"; then
+  set -- $(wc -c < "$__tt_j/out") $(wc -c < "$__tt_j/err")
+  echo "lost $1 $2"
+fi
+kill "$__tt_tail" 2>/dev/null
+wait
+"""
+
+# argv: JOB FILE OFFSET(1-based). The file from that byte on, and whatever is appended.
+_FOLLOW: Final = r"""
+__tt_f="$HOME/.nomad-tart/$1/$2"
+[ -f "$__tt_f" ] || exit 3
+exec tail -c "+$3" -f "$__tt_f" 2>/dev/null
+"""
+
+# argv: JOB SIGNAL. Exit 3: never started; 4: the runner is gone.
+_SIGNAL: Final = r"""
+__tt_j="$HOME/.nomad-tart/$1"
+[ -f "$__tt_j/pid" ] || exit 3
+read -r __tt_pid __tt_start < "$__tt_j/pid"
+[ "$(echo $(ps -o lstart= -p "$__tt_pid" 2>/dev/null))" = "$__tt_start" ] || exit 4
+kill -s "$2" -- "-$__tt_pid"
+"""
+
+
+class CommandError(ssh.GuestError):
+    """The command could not be started in the guest."""
+
+
+class Offsets(msgspec.Struct, frozen=True):
+    """Bytes of the command's stdout and stderr that logmon has."""
+
+    out: int = 0
+    err: int = 0
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """How the command ended: its exit status, or why there is none."""
+
+    how: Literal["exited", "lost", "missing"]
+    exit_code: int = 0
+    timed_out: bool = False
+
+
+def _script(text: str, *args: str) -> list[str]:
+    return ["/bin/sh", "-c", text.replace("$__tt_tag", DEFAULT_TAG), RUNNER_NAME, *args]
+
+
+def shares_root(guest_os: str) -> str:
+    """The guest's view of the shared task directory (secrets/, local/, alloc/ in it)."""
+    return SHARES_ROOT.get(guest_os, SHARES_ROOT["darwin"])
+
+
+def env_file(env: Mapping[str, str], root: str) -> tuple[bytes, list[str]]:
+    """The task environment as ``export`` lines for ``sh``; and the names left out.
+
+    The directory variables point at the guest's view of the shares. Names a shell
+    cannot export (``a.b``) are left out and returned, so that the caller can say so.
+    """
+    variables = dict(env)
+    variables.update(
+        NOMAD_ALLOC_DIR=f"{root}/alloc",
+        NOMAD_TASK_DIR=f"{root}/local",
+        NOMAD_SECRETS_DIR=f"{root}/secrets",
+    )
+    lines, skipped = [], []
+    for name in sorted(variables):
+        if not _NAME.match(name) or name.startswith("__tt_"):
+            skipped.append(name)
+            continue
+        value = variables[name].replace("'", "'\\''")
+        lines.append(f"export {name}='{value}'\n")
+    return "".join(lines).encode(), skipped
+
+
+async def launch(
+    guest: ssh.Guest,
+    job: str,
+    argv: Sequence[str],
+    *,
+    work_dir: str,
+    guest_os: str,
+    time_limit: float,
+    env: bytes,
+) -> int:
+    """Start ``argv`` detached in the guest; return the runner's pid there.
+
+    ``env`` (from :func:`env_file`) travels on the session's stdin, never in an argv.
+    """
+    root = shares_root(guest_os)
+    limit = str(int(-(-time_limit // 1))) if time_limit > 0 else "0"
+    args = [job, root, guest_os, limit, str(TIMEOUT_GRACE), work_dir or root, *argv]
+    process = await session.open_process(guest, _script(_LAUNCH, *args))
+    try:
+        await process.write(f"{guest.address.password}\n".encode() + env)
+        await process.close_stdin()
+        output = bytearray()
+        while b"\n" not in output and len(output) < 65536:
+            data = await process.read_stdout()
+            if not data:
+                break
+            output += data
+        line = bytes(output).split(b"\n", 1)[0].decode(errors="replace").strip()
+        if line.startswith("tart-command-started "):
+            await process.detach()
+            return int(line.split()[1])
+    finally:
+        await process.close()
+    reason = line.removeprefix("tart-command-error ").strip() or "the runner said nothing"
+    raise CommandError(f"the command could not be started in the guest: {reason}")
+
+
+async def send_signal(guest: ssh.Guest, job: str, name: str) -> bool:
+    """Signal the command's process group; False when it is not running (any more)."""
+    result = await guest.run(_script(_SIGNAL, job, name))
+    return result.exit_code == 0
+
+
+class _Stream:
+    """One of the command's output files on its way into a sink."""
+
+    def __init__(
+        self, file: str, sink: Sink, start: int, checkpoints: Checkpoints[int], prefix_lines: bool
+    ) -> None:
+        self.file = file
+        self.sink = sink
+        self.received = start
+        self.fed = start
+        self.end: int | None = None
+        self.scope: trio.CancelScope | None = None
+        self._checkpoints = checkpoints
+        self._whole_lines = prefix_lines
+        self._partial = b""
+
+    @property
+    def complete(self) -> bool:
+        return self.end is not None and self.received >= self.end
+
+    def set_end(self, end: int) -> None:
+        self.end = end
+        if self.complete and self._partial:
+            self._feed(self._partial)
+            self._partial = b""
+        self._stop_if_complete()
+
+    def on_data(self, data: bytes) -> None:
+        if self.end is not None:
+            data = data[: max(self.end - self.received, 0)]
+        self.received += len(data)
+        if self._whole_lines:  # the stdout sink is shared with guest logs: whole lines only
+            data = self._partial + data
+            cut = data.rfind(b"\n") + 1
+            if self.complete:
+                cut = len(data)
+            data, self._partial = data[:cut], data[cut:]
+        if data:
+            self._feed(data)
+        self._stop_if_complete()
+
+    def _feed(self, data: bytes) -> None:
+        self.sink.feed(data)
+        self.fed += len(data)
+        self._checkpoints.mark(self.fed)
+
+    def close(self) -> None:
+        self._checkpoints.close()
+
+    def restart_point(self) -> int:
+        """Where a new follower starts: after the bytes fed (a held partial line is re-read)."""
+        self._partial = b""
+        self.received = self.fed
+        return self.fed
+
+    def _stop_if_complete(self) -> None:
+        if self.complete and self.scope is not None:
+            self.scope.cancel()
+
+
+class CommandWatch:
+    """Follows a started command until it ended and its output is in the sinks."""
+
+    def __init__(
+        self,
+        address: ssh.GuestAddress,
+        job: str,
+        offsets_file: Path,
+        stdout: Sink,
+        stderr: Sink,
+        *,
+        whole_lines: bool = False,
+    ) -> None:
+        self._address = address
+        self._job = job
+        self._saved = CursorFile(offsets_file)
+        start = _load_offsets(offsets_file)
+        self._delivered = {"out": start.out, "err": start.err}
+        self._streams = [
+            self._stream("out", stdout, start.out, whole_lines),
+            self._stream("err", stderr, start.err, False),
+        ]
+        self.outcome: Outcome | None = None
+        self.reconnected = False
+
+    def _stream(self, file: str, sink: Sink, start: int, whole_lines: bool) -> _Stream:
+        def save(offset: int) -> None:
+            self._delivered[file] = offset
+            self._saved.save(Offsets(out=self._delivered["out"], err=self._delivered["err"]))
+
+        return _Stream(file, sink, start, Checkpoints[int](sink, save), whole_lines)
+
+    async def run(self) -> Outcome:
+        """Until the outcome is known and all output up to it reached the sinks.
+
+        Reconnects (with backoff) when the connection drops; a changed host key fails.
+        """
+        delay = RETRY_MIN
+        try:
+            while True:
+                try:
+                    async with ssh.open_guest(self._address) as guest:
+                        delay = RETRY_MIN
+                        await self._follow(guest)
+                except ssh.HostKeyMismatch:
+                    raise
+                except ssh.GuestError as exc:
+                    log.debug("command output unavailable", extra={"error": str(exc)})
+                if self.outcome is not None and all(s.complete for s in self._streams):
+                    return self.outcome
+                self.reconnected = True
+                await trio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+        finally:
+            for stream in self._streams:
+                stream.close()
+            self._saved.close()
+
+    async def _follow(self, guest: ssh.Guest) -> None:
+        """Both followers and the waiter on one connection; one GuestError if it fails."""
+        try:
+            async with trio.open_nursery() as nursery:
+                for stream in self._streams:
+                    if not stream.complete:
+                        nursery.start_soon(self._follow_one, guest, stream)
+                if self.outcome is None:
+                    await self._wait_outcome(guest)
+        except BaseExceptionGroup as group:
+            failures, rest = group.split(ssh.GuestError)
+            if rest is not None or failures is None:
+                raise
+            leaves = list(_leaves(failures))
+            mismatch = [e for e in leaves if isinstance(e, ssh.HostKeyMismatch)]
+            raise (mismatch or leaves)[0] from None
+
+    async def _follow_one(self, guest: ssh.Guest, stream: _Stream) -> None:
+        with trio.CancelScope() as stream.scope:
+            start = stream.restart_point()
+            argv = _script(_FOLLOW, self._job, stream.file, str(start + 1))
+            process = await session.open_process(guest, argv)
+            try:
+                await process.pipe_stdout(stream.on_data, stream.sink.gate)
+            finally:
+                await process.close()
+        stream.scope = None
+        if not stream.complete:  # the follower ended by itself: try again after a pause
+            raise ssh.GuestError(f"following the command's {stream.file} ended early")
+
+    async def _wait_outcome(self, guest: ssh.Guest) -> None:
+        lines = bytearray()
+        timed_out = False
+        done = trio.Event()
+
+        def on_data(data: bytes) -> None:
+            nonlocal timed_out
+            lines.extend(data)
+            while b"\n" in lines:
+                raw, _, rest = bytes(lines).partition(b"\n")
+                lines[:] = rest
+                words = raw.decode(errors="replace").split()
+                if not words:
+                    continue
+                if words[0] == "timeout":
+                    timed_out = True
+                elif words[0] in ("exit", "lost") and len(words) >= 3:
+                    code = int(words[1]) if words[0] == "exit" else 0
+                    ends = [int(w) for w in words[-2:]]
+                    how: Literal["exited", "lost"] = "exited" if words[0] == "exit" else "lost"
+                    self._settle(Outcome(how=how, exit_code=code, timed_out=timed_out), ends)
+                    done.set()
+                elif words[0] == "missing":
+                    self._settle(Outcome(how="missing"), [0, 0])
+                    done.set()
+
+        process = await session.open_process(guest, _script(_WAIT, self._job))
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def read() -> None:
+                    await process.pipe_stdout(on_data)
+                    done.set()
+
+                nursery.start_soon(read)
+                await done.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            await process.close()
+        if self.outcome is None:
+            raise ssh.GuestError("waiting for the command ended without a status")
+
+    def _settle(self, outcome: Outcome, ends: Sequence[int]) -> None:
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        for stream, end in zip(self._streams, ends, strict=True):
+            stream.set_end(max(end, stream.fed) if outcome.how == "missing" else end)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
+
+
+def _load_offsets(path: Path) -> Offsets:
+    try:
+        return msgspec.json.decode(path.read_bytes().strip(), type=Offsets)
+    except (OSError, msgspec.DecodeError):
+        return Offsets()
+
+
+def offsets_path(runtime_dir: str) -> Path:
+    """Where a task's command output offsets live."""
+    return Path(runtime_dir) / "command.offsets"
+
+
+def signal_name(name: str, default: str = "INT") -> str:
+    """``SIGTERM``, ``TERM`` or ``""`` (Nomad's default, SIGINT) as ``kill -s`` takes it."""
+    bare = name.upper().removeprefix("SIG") or default
+    if bare not in SIGNALS:
+        raise ValueError(
+            f"signal {name!r} is not one the command can be sent; use one of "
+            f"{', '.join(sorted('SIG' + s for s in SIGNALS))}"
+        )
+    return bare
+
+
+def describe(outcome: Outcome) -> str:
+    """A sentence for an outcome without an exit status."""
+    if outcome.how == "missing":
+        return "the command's runner never started in the guest (its job directory is missing)"
+    return (
+        "the command's runner in the guest stopped without recording an exit status: the "
+        "guest rebooted, or something in the guest killed the runner"
+    )

@@ -1,0 +1,262 @@
+"""CI jobs: a fresh VM runs one command, and the task ends with its exit code."""
+
+from __future__ import annotations
+
+import base64
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.conformance.conftest import launch_args, plugin_log, until
+from tests.conformance.nomadsim import NomadSim
+from tests.conformance.test_lifecycle import collect, vm_names
+from tests.faketart.fixtures import LINUX_IMAGE, MACOS_IMAGE, FakeTart, needs_guest_reason
+
+pytestmark = pytest.mark.skipif(needs_guest_reason() is not None, reason=needs_guest_reason() or "")
+
+PLUGIN_CONFIG = 'plugin "nomad-driver-tart" {\n  config {\n    boot_timeout = "30s"\n  }\n}\n'
+
+
+def hcl_string(text: str) -> str:
+    """An HCL string literal holding ``text`` exactly."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return '"' + escaped.replace("${", "$${").replace("%{", "%%{") + '"'
+
+
+def job(
+    script: str,
+    *args: str,
+    image: str = MACOS_IMAGE,
+    task: str = "build",
+    extra: str = "",
+    options: str = "",
+) -> str:
+    argv = ", ".join(hcl_string(a) for a in ["-c", script, "job", *args])
+    return (
+        f'job "ci" {{\n  group "g" {{\n    task "{task}" {{\n      driver = "tart"\n{extra}\n'
+        f'      config {{\n        url = "{image}"\n        ssh_user = "admin"\n'
+        f'        ssh_password = "admin"\n        command = "/bin/sh"\n'
+        f"        args = [{argv}]\n{options}\n      }}\n    }}\n  }}\n}}\n"
+    )
+
+
+async def launch(sim: NomadSim, fake: FakeTart, tmp_path: Path) -> Path:
+    log = tmp_path / "plugin.log"
+    await sim.call("launch", **launch_args(log, **fake.env()))
+    await sim.call("set_config", hcl=PLUGIN_CONFIG, with_nomad_config=True)
+    return log
+
+
+async def start(sim: NomadSim, job_hcl: str, **task: Any) -> dict[str, Any]:
+    spec = {
+        "alloc_id": str(uuid.uuid4()),
+        "env": {},
+        "resources": {"cpu_shares": 4000, "memory_mb": 4096, "cpuset_cpus": "0,1,2,3"},
+        **task,
+    }
+    return await sim.call("start_task", task=spec, job_hcl=job_hcl, create_alloc_dir=True)
+
+
+SECRET_ENV, SECRET_TEMPLATE = "env-S3CRET-4711", "tmpl-S3CRET-4712"
+
+BUILD = r"""
+out="$NOMAD_ALLOC_DIR/data"
+printf '%s\n' "$FROM_ENV_BLOCK" "$FROM_TEMPLATE" "$NOMAD_ALLOC_ID" "$NOMAD_TASK_DIR" \
+  > "$out/env.txt"
+while [ ! -e "$out/go" ]; do sleep 0.1; done
+printf '<%s>\n' "$@"
+cat "$NOMAD_TASK_DIR/input.txt"
+echo "built in $(pwd)" > "$out/result.txt"
+echo "to stderr" >&2
+exit 3
+"""
+
+HOOKS = f"""
+      env {{
+        FROM_ENV_BLOCK = "{SECRET_ENV}"
+      }}
+      template {{
+        data        = "FROM_TEMPLATE={SECRET_TEMPLATE}\\n"
+        destination = "secrets/build.env"
+        env         = true
+      }}
+      template {{
+        data        = "input from local/\\n"
+        destination = "local/input.txt"
+      }}
+"""
+
+
+def guest_jobs(fake: FakeTart, started: dict[str, Any]) -> Path:
+    """The command's job directories as the guest sees them in its home (~/.nomad-tart)."""
+    vm = f"nomad-{started['task_config']['alloc_id']}"
+    return fake.vm_dir(vm) / ".faketart" / "home" / ".nomad-tart"
+
+
+def argv_on_host() -> str:
+    """Every process's argv on this machine (the fake's guests are host processes too)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                continue
+    return "\n".join(found)
+
+
+async def test_a_command_gets_its_args_env_and_files_and_ends_the_task_with_its_code(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    log = await launch(sim, fake_tart, tmp_path)
+    args = ["with space", 'it\'s "quoted"', "$HOME and `x`", ""]
+    events: list[dict[str, Any]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collect, await sim.open_stream("task_events"), events)
+        started = await start(sim, job(BUILD, *args, extra=HOOKS))
+        task_id = started["task_id"]
+        alloc_dir = Path(started["alloc_dir"])
+        data = alloc_dir / "alloc" / "data"
+        await until((data / "env.txt").exists)
+        ran = await sim.call("exec_task", task_id=task_id, command=["echo", "exec works"])
+        assert base64.b64decode(ran["stdout_b64"]) == b"exec works\n", "exec during the command"
+        host_argv = argv_on_host()
+        (data / "go").touch()
+        with trio.fail_after(30):
+            waited = await sim.call("wait_task", task_id=task_id)
+        nursery.cancel_scope.cancel()
+    assert waited["result"]["exit_code"] == 3 and not waited["err"]
+    assert SECRET_ENV not in host_argv and SECRET_TEMPLATE not in host_argv
+    assert (data / "env.txt").read_text().splitlines() == [
+        SECRET_ENV,
+        SECRET_TEMPLATE,
+        started["task_config"]["alloc_id"],
+        "/Volumes/My Shared Files/local",
+    ]
+    assert (data / "result.txt").read_text() == "built in /Volumes/My Shared Files\n"
+    stdout = Path(started["stdout_log"]).read_text()
+    assert stdout == "".join(f"<{a}>\n" for a in args) + "input from local/\n"
+    assert Path(started["stderr_log"]).read_text() == "to stderr\n"
+    vm = f"nomad-{started['task_config']['alloc_id']}"
+    await until(lambda: vm not in fake_tart.running_vms())  # powered off after the exit
+    await sim.call("destroy_task", task_id=task_id)
+    assert vm_names(fake_tart) == []
+    texts = repr(events) + log.read_text() + Path(f"{log}.raw").read_text()
+    assert SECRET_ENV not in texts and SECRET_TEMPLATE not in texts
+    assert plugin_log(log)
+
+
+COUNT = r"""
+i=1
+while [ "$i" -le "$1" ]; do
+  echo "n=$i"
+  i=$((i + 1))
+  sleep "$2"
+done
+exit "$3"
+"""
+
+SEQ = re.compile(r"^n=(\d+)$", re.M)
+
+
+def numbers(path: Path) -> list[int]:
+    return [int(n) for n in SEQ.findall(path.read_text())] if path.exists() else []
+
+
+async def test_output_and_exit_code_survive_a_plugin_kill_even_when_the_command_ends_meanwhile(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    await launch(sim, fake_tart, tmp_path)
+    slow = await start(sim, job(COUNT, "400", "0.01", "5"))  # runs through the kill
+    quick = await start(sim, job(COUNT, "300", "0", "6", image=LINUX_IMAGE))  # ends meanwhile
+    logs = [Path(t["stdout_log"]) for t in (slow, quick)]
+    await until(lambda: len(numbers(logs[0])) >= 50)
+
+    await sim.call("sigkill")
+    delivered = len(numbers(logs[0]))
+    slow_out, quick_status = (
+        next((guest_jobs(fake_tart, t)).glob(f"*/{name}"))
+        for t, name in ((slow, "out"), (quick, "status"))
+    )
+    await until(lambda: "exit 6" in quick_status.read_text())
+    await until(lambda: len(numbers(slow_out)) >= delivered + 30)  # printed while no plugin ran
+    await launch(sim, fake_tart, tmp_path)
+    for task in (slow, quick):
+        await sim.call("recover_task", handle=task["handle"], drop_driver_config=True)
+    with trio.fail_after(60):
+        results = [await sim.call("wait_task", task_id=t["task_id"]) for t in (slow, quick)]
+    assert [r["result"]["exit_code"] for r in results] == [5, 6]
+    assert numbers(logs[0]) == list(range(1, 401)), "no gap and no duplicate"
+    assert numbers(logs[1]) == list(range(1, 301))
+    assert len(fake_tart.calls_of("run")) == 2, "nothing ran twice"
+    for task in (slow, quick):
+        await sim.call("destroy_task", task_id=task["task_id"])
+    assert vm_names(fake_tart) == []
+
+
+TRAPS = r"""
+out="$NOMAD_ALLOC_DIR/data"
+trap 'echo usr1 >> "$out/signals"' USR1
+trap 'echo "cleaned up" > "$out/marker"; exit 0' TERM
+echo ready > "$out/ready"
+while :; do sleep 0.2; done
+"""
+
+
+async def test_stop_gives_the_command_its_kill_signal_then_the_vm_goes_down_within_kill_timeout(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    await launch(sim, fake_tart, tmp_path)
+    started = await start(sim, job(TRAPS))
+    task_id = started["task_id"]
+    data = Path(started["alloc_dir"]) / "alloc" / "data"
+    await until((data / "ready").exists)
+    await sim.call("signal_task", task_id=task_id, signal="SIGUSR1")  # nomad alloc signal
+    await until((data / "signals").exists)
+    stopped = await sim.call("stop_task", task_id=task_id, timeout_seconds=5, signal="SIGTERM")
+    assert stopped["seconds"] < 5, "within kill_timeout"
+    assert (data / "marker").read_text() == "cleaned up\n", "the build cleaned up"
+    assert (data / "signals").read_text() == "usr1\n"
+    vm = f"nomad-{started['task_config']['alloc_id']}"
+    assert vm not in fake_tart.running_vms(), "StopTask returns once the VM is down"
+    waited = await sim.call("wait_task", task_id=task_id)
+    assert waited["result"]["exit_code"] == 0 and not waited["err"]
+    await sim.call("destroy_task", task_id=task_id)
+    assert vm_names(fake_tart) == []
+
+
+async def test_timeout_kills_the_command_and_a_guest_dying_under_it_fails_the_task(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    await launch(sim, fake_tart, tmp_path)
+    forever = 'echo started > "$NOMAD_ALLOC_DIR/data/started"; exec sleep 100000'
+    timed = await start(sim, job(forever, options='        timeout = "2s"'))
+    off = await start(sim, job(forever, image=LINUX_IMAGE))
+    rebooted = await start(sim, job(forever, image=LINUX_IMAGE))
+    for task in (off, rebooted):
+        data = Path(task["alloc_dir"]) / "alloc" / "data"
+        await until(lambda data=data: (data / "started").exists())
+    ips = [
+        (await sim.call("inspect_task", task_id=t["task_id"]))["driver"]["attributes"]["ip"]
+        for t in (off, rebooted)
+    ]
+    fake_tart.ssh(ips[0], "sudo shutdown -h now")
+    fake_tart.ssh(ips[1], "sudo reboot")
+    with trio.fail_after(60):
+        results = [
+            await sim.call("wait_task", task_id=t["task_id"]) for t in (timed, off, rebooted)
+        ]
+    timeout, powered_off, reboot = results
+    assert timeout["result"]["exit_code"] == 143 and timeout["result"]["signal"] == 15
+    assert "did not finish within its timeout of 2s and was killed" in timeout["err"]
+    assert powered_off["result"]["exit_code"] != 0
+    assert "the VM stopped while the command was still running" in powered_off["err"]
+    assert reboot["result"]["exit_code"] != 0
+    assert "the guest rebooted" in reboot["err"]
+    for task in (timed, off, rebooted):
+        await sim.call("destroy_task", task_id=task["task_id"])
+    assert vm_names(fake_tart) == []
