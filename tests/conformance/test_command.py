@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import trio
 
 from tests.conformance.conftest import launch_args, plugin_log, until
 from tests.conformance.nomadsim import NomadSim
-from tests.conformance.test_lifecycle import collect, vm_names
+from tests.conformance.test_lifecycle import _variant, collect, vm_names
 from tests.faketart.fixtures import LINUX_IMAGE, MACOS_IMAGE, FakeTart, needs_guest_reason
 
 pytestmark = pytest.mark.skipif(needs_guest_reason() is not None, reason=needs_guest_reason() or "")
@@ -93,8 +95,13 @@ HOOKS = f"""
 
 def guest_jobs(fake: FakeTart, started: dict[str, Any]) -> Path:
     """The command's job directories as the guest sees them in its home (~/.nomad-tart)."""
+    return guest_home(fake, started) / ".nomad-tart"
+
+
+def guest_home(fake: FakeTart, started: dict[str, Any]) -> Path:
+    """The guest user's home directory (the fake keeps it in the VM's bundle)."""
     vm = f"nomad-{started['task_config']['alloc_id']}"
-    return fake.vm_dir(vm) / ".faketart" / "home" / ".nomad-tart"
+    return fake.vm_dir(vm) / ".faketart" / "home"
 
 
 def argv_on_host() -> str:
@@ -260,3 +267,77 @@ async def test_timeout_kills_the_command_and_a_guest_dying_under_it_fails_the_ta
     for task in (timed, off, rebooted):
         await sim.call("destroy_task", task_id=task["task_id"])
     assert vm_names(fake_tart) == []
+
+
+LINES = 2_000_000  # ~15 MB: more than a pipe, logmon's FIFO and the old 8 MiB buffer
+
+
+def sequence_intact(path: Path, extra: set[str] = frozenset()) -> bool:
+    """Every line is the next number (or one of ``extra``); all numbers arrived."""
+    expected = 1
+    with path.open() as lines:
+        for line in lines:
+            text = line.rstrip("\n")
+            if text in extra:
+                continue
+            if text != str(expected):
+                return False
+            expected += 1
+    return expected == LINES + 1
+
+
+def stopped_growing(path: Path) -> Callable[[], bool]:
+    """True once ``path`` has stopped growing for a second (its writer waits, or is done)."""
+    seen: list[tuple[float, int]] = []
+
+    def check() -> bool:
+        size = path.stat().st_size if path.exists() else 0
+        now = time.monotonic()
+        if not seen or seen[-1][1] != size:
+            seen.append((now, size))
+        return size > 0 and now - seen[-1][0] >= 1.0
+
+    return check
+
+
+async def test_a_stalled_logmon_loses_no_line_of_guest_logs_or_command_output(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    """Nomad's logmon stops reading for a while: the guest's writers wait instead."""
+    await launch(sim, fake_tart, tmp_path)
+    wait_go = 'while [ ! -e "$HOME/go" ]; do sleep 0.1; done'
+    log_command = f'{wait_go}; seq 1 {LINES} | tee "$HOME/progress"; exec sleep 100000'
+    service = await start(
+        sim,
+        _variant(f'log_command = ["/bin/sh", "-c", {hcl_string(log_command)}]'),
+    )
+    build = await start(
+        sim,
+        job(
+            f'while [ ! -e "$NOMAD_ALLOC_DIR/data/go" ]; do sleep 0.1; done; seq 1 {LINES}',
+            options="        guest_logs  = true\n"
+            '        log_command = ["/bin/sh", "-c", "echo guest-log-line; exec sleep 100000"]',
+        ),
+    )
+    for task in (service, build):
+        await sim.call("logmon", task_id=task["task_id"], stream="stdout", state="paused")
+    ip = (await sim.call("inspect_task", task_id=service["task_id"]))["driver"]["attributes"]
+    fake_tart.ssh(ip["ip"], "touch ~/go")
+    (Path(build["alloc_dir"]) / "alloc" / "data" / "go").touch()
+    progress = guest_home(fake_tart, service) / "progress"
+    build_status = guest_jobs(fake_tart, build)
+    await until(stopped_growing(progress), 60)
+    await until(lambda: "exit 0" in next(build_status.glob("*/status")).read_text(), 60)
+    assert progress.stat().st_size < 8 << 20, "the guest's writer waited for logmon"
+    for task in (service, build):
+        await sim.call("logmon", task_id=task["task_id"], stream="stdout", state="running")
+    with trio.fail_after(60):
+        waited = await sim.call("wait_task", task_id=build["task_id"])
+    assert waited["result"]["exit_code"] == 0
+    assert sequence_intact(Path(build["stdout_log"]), {"guest-log-line"})
+    service_log = Path(service["stdout_log"])
+    await until(lambda: service_log.read_bytes().endswith(f"\n{LINES}\n".encode()), 60)
+    assert sequence_intact(service_log)
+    for task in (service, build):
+        await sim.call("stop_task", task_id=task["task_id"], timeout_seconds=5)
+        await sim.call("destroy_task", task_id=task["task_id"])
