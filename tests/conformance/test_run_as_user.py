@@ -8,6 +8,7 @@ exactly as readable as they are to the tart user.
 from __future__ import annotations
 
 import grp
+import json
 import os
 import stat
 import uuid
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from tests.conformance.conftest import _live_processes, launch_args, plugin_log
 from tests.conformance.nomadsim import NomadSim, NomadSimError
@@ -250,3 +252,56 @@ async def test_macos_guests_start_in_the_tart_users_login_session(
         f"{USER} has no GUI login session: macOS 15.2 and later guests fail"
         in (fp["health_description"])
     )
+
+
+def _command_job(script: str) -> str:
+    return (
+        'job "ci" {\n  group "g" {\n    task "vm" {\n      driver = "tart"\n'
+        f'      config {{\n        url = "{MACOS_IMAGE}"\n        ssh_user = "admin"\n'
+        '        ssh_password = "admin"\n        command = "/bin/sh"\n'
+        f'        args = ["-c", {json.dumps(script)}]\n      }}\n    }}\n  }}\n}}\n'
+    )
+
+
+BUILD = """
+cat "$NOMAD_TASK_DIR/config"
+id -u > "$NOMAD_ALLOC_DIR/data/result.txt"
+echo built > "$NOMAD_TASK_DIR/out.txt"
+ln -s "$TARGET" "$NOMAD_TASK_DIR/planted-by-the-guest"
+"""
+
+
+async def test_a_command_reads_and_writes_local_and_alloc_as_the_tart_user(
+    sim: NomadSim, user_host: tuple[FakeTart, Any], tmp_path: Path
+) -> None:
+    """The guest writes alloc/ and local/; nothing it leaves there steers the root plugin."""
+    host, user = user_host
+    alloc_dir = _alloc_dir(host)
+    local = alloc_dir / "vm" / "local"
+    local.mkdir(parents=True)
+    (local / "config").write_text("from a template\n")
+    (local / "config").chmod(0o600)  # a template with perms = "600", owned by root
+    target = host.scratch / "root-only"
+    target.write_text("root's\n")
+    target.chmod(0o600)
+    (local / "planted-on-the-host").symlink_to(target)
+    await _launch(sim, host, tmp_path / "plugin.log")
+    script = BUILD.replace("$TARGET", str(target))
+    started = await _start(sim, _command_job(script), alloc_dir)
+    with trio.fail_after(60):
+        waited = await sim.call("wait_task", task_id=started["task_id"])
+    assert waited["result"]["exit_code"] == 0, Path(started["stderr_log"]).read_text()
+    assert Path(started["stdout_log"]).read_text() == "from a template\n"
+    result = alloc_dir / "alloc" / "data" / "result.txt"
+    assert result.read_text() == f"{user.pw_uid}\n" and result.stat().st_uid == user.pw_uid
+    assert (local / "out.txt").read_text() == "built\n"
+    await sim.call("destroy_task", task_id=started["task_id"])
+
+    # Nomad restarts the task in the same allocation: local/ is walked again as root.
+    again = await _start(sim, _command_job("true"), alloc_dir)
+    with trio.fail_after(60):
+        assert (await sim.call("wait_task", task_id=again["task_id"]))["result"]["exit_code"] == 0
+    await sim.call("destroy_task", task_id=again["task_id"])
+    assert (local / "planted-by-the-guest").is_symlink()
+    info = target.stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o600), "no link was followed"
