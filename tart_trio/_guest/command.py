@@ -125,7 +125,7 @@ if [ "$__tt_limit" != 0 ]; then
   ) &
   __tt_watchdog=$!
 fi
-"$@" 2>>"$__tt_j/err"
+( exec "$@" ) 2>>"$__tt_j/err"
 __tt_code=$?
 [ -z "${__tt_watchdog:-}" ] || kill -s KILL "$__tt_watchdog" 2>/dev/null
 set -- $(wc -c < "$__tt_j/out") $(wc -c < "$__tt_j/err")

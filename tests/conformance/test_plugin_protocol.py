@@ -174,6 +174,22 @@ EXPECTED: dict[str, TaskConfig] = {
             Directory(path="/Users/me/project/build"),
         ),
     ),
+    "ci-build.nomad.hcl": TaskConfig(
+        url="ghcr.io/cirruslabs/macos-sequoia-base:latest",
+        ssh_user="admin",
+        ssh_password=PASSWORD,
+        command="/bin/bash",
+        args=("local/build.sh",),
+        timeout="1h",
+    ),
+    "ci-build-linux.nomad.hcl": TaskConfig(
+        url="ghcr.io/cirruslabs/ubuntu:latest",
+        ssh_user="admin",
+        ssh_password="admin",
+        command="/bin/sh",
+        args=("local/test.sh",),
+        timeout="20m",
+    ),
     "private-registry.nomad.hcl": TaskConfig(
         url="registry.example.com/ci/macos-xcode:16",
         ssh_user="admin",
