@@ -1,7 +1,7 @@
 """``python -m bench``: run every benchmark, write BENCHMARKS.md and build/bench-results.json.
 
-Options: ``--only startup,decode,tasks,logs,fingerprint`` (a subset) and ``--quick`` (fewer
-runs, for trying the harness) write ``build/BENCHMARKS.partial.md`` and
+Options: ``--only startup,decode,tasks,logs,fingerprint,command`` (a subset) and ``--quick``
+(fewer runs, for trying the harness) write ``build/BENCHMARKS.partial.md`` and
 ``build/bench-results.partial.json`` instead, so they never replace the full report;
 ``--output PATH`` chooses the Markdown file.
 """
@@ -21,12 +21,12 @@ from typing import Any
 
 import trio
 
-from bench import decode, fingerprint, logs, report, startup, tasks
+from bench import command, decode, fingerprint, logs, report, startup, tasks
 from bench.rig import sweep_stale
 from bench.util import busy_fraction, machine, versions
 
 REPO = Path(__file__).resolve().parent.parent
-ALL = ("startup", "decode", "tasks", "logs", "fingerprint")
+ALL = ("startup", "decode", "tasks", "logs", "fingerprint", "command")
 
 
 def _params(quick: bool) -> dict[str, dict[str, Any]]:
@@ -37,6 +37,7 @@ def _params(quick: bool) -> dict[str, dict[str, Any]]:
             "tasks": {"singles": 3, "batch": 4, "window": 3.0, "stats_window": 3.0},
             "logs": {"runs": 2, "tasks": 3, "rounds": 1, "calls": 30, "exec_calls": 3},
             "fingerprint": {"runs": 3, "images": 50},
+            "command": {"runs": 2},
         }
     return {
         "startup": {"runs": 7},
@@ -44,6 +45,7 @@ def _params(quick: bool) -> dict[str, dict[str, Any]]:
         "tasks": {"singles": 10, "batch": 20, "window": 30.0, "stats_window": 10.0},
         "logs": {"runs": 5, "tasks": 10, "rounds": 3, "calls": 100, "exec_calls": 5},
         "fingerprint": {"runs": 15, "images": 50},
+        "command": {"runs": 7},
     }
 
 
@@ -54,6 +56,7 @@ async def _run_all(names: list[str], params: dict[str, dict[str, Any]]) -> dict[
         "tasks": tasks,
         "logs": logs,
         "fingerprint": fingerprint,
+        "command": command,
     }
     results: dict[str, Any] = {}
     async with trio.open_nursery() as nursery:

@@ -856,6 +856,59 @@ class Report:
                 "are also beyond what a Mac runs."
             )
 
+    def command(self, r: dict[str, Any]) -> None:
+        self.add("## 8. CI command overheads", "")
+        if "start" not in r:
+            self.add(f"Failed: `{r.get('error', 'not run')}`", "")
+            return
+        rows = [
+            [
+                "guest answers SSH (the plugin's \"VM reachable\") → the command's first line",
+                fmt_seconds(r["start"]["median"]),
+                "OpenSSH `ssh guest cmd`: client start → the command's first line",
+                fmt_seconds(r["openssh_start"]["median"]),
+                _ratio(r["start_ratio"]),
+                _spread(r["start"]),
+                "context",
+                self.target(
+                    "8 command",
+                    "SSH answers → command started (vs an OpenSSH login + exec)",
+                    f"{fmt_seconds(r['start']['median'])} ({r['start_ratio']['median']:.2f}×)",
+                    None,
+                ),
+            ],
+            [
+                "the command's last line → WaitTask answers",
+                fmt_seconds(r["end"]["median"]),
+                "OpenSSH `ssh guest cmd`: the command's last line → client exits",
+                fmt_seconds(r["openssh_end"]["median"]),
+                _ratio(r["end_ratio"]),
+                _spread(r["end"]),
+                "context",
+                self.target(
+                    "8 command",
+                    "command exited → task exited (vs OpenSSH seeing the exit)",
+                    f"{fmt_seconds(r['end']['median'])} ({r['end_ratio']['median']:.2f}×)",
+                    None,
+                ),
+            ],
+        ]
+        self.add(
+            *_table(rows),
+            "",
+            f"{r['start']['n']} tasks with `command` on fake macOS VMs (quiet guests), "
+            "alternating with OpenSSH runs on a VM of their own. The command records "
+            "`date +%s.%N` as its first and last lines, a second apart; the fake's guests "
+            "share the host's clock. Start: the plugin logs in again to start the runner "
+            "(the login that found the guest reachable is closed by then), sends the "
+            "environment and reads the runner's pid. End: the runner appends the exit "
+            "status to its status file, `tail -f` in the plugin's waiting session sends it, "
+            "the followers reach the output's final size, the sinks are drained, the task "
+            "finishes; WaitTask's "
+            "answer then crosses nomadsim.",
+            "",
+        )
+
     # ---- whole document ---------------------------------------------------------------------
 
     def fingerprint(self, r: dict[str, Any]) -> None:
@@ -923,6 +976,8 @@ class Report:
             self.tasks(res["tasks"])
         if "fingerprint" in res:
             self.fingerprint(res["fingerprint"])
+        if "command" in res:
+            self.command(res["command"])
         body = self.lines[body_start:]
         m = doc["machine"]
         head = [
@@ -972,7 +1027,8 @@ class Report:
         tail += [
             "## Method",
             "",
-            "- Harness: `bench/` (`python -m bench [--only startup,decode,tasks,logs,fingerprint] "
+            "- Harness: `bench/` (`python -m bench [--only startup,decode,tasks,logs,fingerprint,"
+            "command] "
             "[--quick]`). It drives the real plugin executable through nomadsim (the Go "
             "Nomad-client stand-in on Debian's go-plugin 1.0.1) against the fake `tart` with "
             "real SSH guests (`docs/nomad-standin.md`, `docs/fake-tart.md`). Raw numbers: "

@@ -1,12 +1,13 @@
 # A CI job: a fresh macOS VM runs one build script and the task ends with its exit
 # code; then the VM is powered off and deleted. The script is rendered by a template,
-# an input is fetched by an artifact block, both into the task's local/ directory, and
-# the build leaves its result in alloc/data/ (nomad alloc fs, or the next task).
+# the sources are fetched by an artifact block (a tarball with src/configure, src/build
+# and src/test), both into the task's local/ directory, and the build leaves its result
+# in alloc/data/ (nomad alloc fs, or the next task of the group).
 #
 #   nomad var put nomad/jobs/ci-build ssh_password=admin
 #   nomad job run examples/ci-build.nomad.hcl
 #   nomad alloc logs -f <alloc> build           # the build's stdout (-stderr: its stderr)
-#   nomad alloc fs <alloc> alloc/data/result.txt
+#   nomad alloc fs <alloc> alloc/data/app.tar.gz
 variable "source_url" {
   default = "https://example.com/ci/sources.tar.gz"
 }
@@ -45,10 +46,14 @@ EOH
         data        = <<EOH
 #!/bin/bash
 set -euo pipefail
-echo "building $NOMAD_JOB_NAME on $(sw_vers -productVersion 2>/dev/null || uname -sr)"
-cd "$NOMAD_TASK_DIR"
-ls
-echo "sources: $(find . -type f | wc -l) files" | tee "$NOMAD_ALLOC_DIR/data/result.txt"
+echo "building $NOMAD_JOB_NAME ($BUILD_FLAVOR) on $(sw_vers -productVersion 2>/dev/null || uname -sr)"
+cd "$NOMAD_TASK_DIR/src"
+for step in configure build test; do
+  echo "==> $step"
+  "./$step"
+done
+tar -czf "$NOMAD_ALLOC_DIR/data/app.tar.gz" dist
+echo "result: alloc/data/app.tar.gz"
 EOH
       }
 

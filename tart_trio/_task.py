@@ -690,25 +690,36 @@ class TaskRunner:
         if limit:
             wall = state.command_started + limit + command.TIMEOUT_GRACE + TIMEOUT_BACKSTOP
             deadline = trio.current_time() + max(wall - time.time(), 0.0)
-        result: ExitResult
-        with trio.move_on_at(deadline) as backstop:
+        failed: list[ssh.HostKeyMismatch] = []
+
+        async def follow() -> None:
             try:
-                outcome = await watch.run()
+                await watch.run()
             except ssh.HostKeyMismatch as exc:
-                result = ExitResult(exit_code=1, err=f"the command's output stopped: {exc}")
+                failed.append(exc)
+                watch.ended.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow)  # closes its SSH sessions after `ended`
+            with trio.move_on_at(deadline) as backstop:
+                await watch.ended.wait()
+            if backstop.cancelled_caught:
+                nursery.cancel_scope.cancel()
+                result = ExitResult(
+                    exit_code=1,
+                    err=f"the command did not end within its timeout of {self.config.timeout} "
+                    "and the guest did not report it; the VM is powered off",
+                )
+            elif failed:
+                result = ExitResult(exit_code=1, err=f"the command's output stopped: {failed[0]}")
             else:
-                result = self._command_outcome(outcome, watch.reconnected)
-        if backstop.cancelled_caught:
-            result = ExitResult(
-                exit_code=1,
-                err=f"the command did not end within its timeout of {self.config.timeout} and "
-                "the guest did not report it; the VM is powered off",
-            )
-        self._command_result = result
-        _write_command_result(self.runtime_dir, result)
-        await stdout.drained()
-        await stderr.drained()
-        self.finish(result)
+                assert watch.outcome is not None
+                result = self._command_outcome(watch.outcome, watch.reconnected)
+            self._command_result = result
+            _write_command_result(self.runtime_dir, result)
+            await stdout.drained()
+            await stderr.drained()
+            self.finish(result)
         await self._power_off()
 
     def _command_outcome(self, outcome: command.Outcome, reconnected: bool) -> ExitResult:
@@ -805,7 +816,7 @@ class TaskRunner:
             raise TartTrioError(f"task {self.task.id} is not running")
         if self.state.command_job:
             try:
-                bare = command.signal_name(name, default="KILL")
+                bare = command.signal_name(name)
             except ValueError as exc:
                 raise TartTrioError(str(exc)) from None
             if not await self._signal_command(bare):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Final, Literal
 
@@ -265,9 +265,16 @@ class _Stream:
     """One of the command's output files on its way into a sink."""
 
     def __init__(
-        self, file: str, sink: Sink, start: int, checkpoints: Checkpoints[int], prefix_lines: bool
+        self,
+        file: str,
+        sink: Sink,
+        start: int,
+        checkpoints: Checkpoints[int],
+        prefix_lines: bool,
+        on_complete: Callable[[], None],
     ) -> None:
         self.file = file
+        self._on_complete = on_complete
         self.sink = sink
         self.received = start
         self.fed = start
@@ -317,8 +324,10 @@ class _Stream:
         return self.fed
 
     def _stop_if_complete(self) -> None:
-        if self.complete and self.scope is not None:
-            self.scope.cancel()
+        if self.complete:
+            self._on_complete()
+            if self.scope is not None:
+                self.scope.cancel()
 
 
 class CommandWatch:
@@ -345,13 +354,20 @@ class CommandWatch:
         ]
         self.outcome: Outcome | None = None
         self.reconnected = False
+        #: Set once the outcome is known and all output up to it reached the sinks (the
+        #: sessions are closed after that).
+        self.ended = trio.Event()
 
     def _stream(self, file: str, sink: Sink, start: int, whole_lines: bool) -> _Stream:
         def save(offset: int) -> None:
             self._delivered[file] = offset
             self._saved.save(Offsets(out=self._delivered["out"], err=self._delivered["err"]))
 
-        return _Stream(file, sink, start, Checkpoints[int](sink, save), whole_lines)
+        return _Stream(file, sink, start, Checkpoints[int](sink, save), whole_lines, self._check)
+
+    def _check(self) -> None:
+        if self.outcome is not None and all(s.complete for s in self._streams):
+            self.ended.set()
 
     async def run(self) -> Outcome:
         """Until the outcome is known and all output up to it reached the sinks.
@@ -404,7 +420,7 @@ class CommandWatch:
             try:
                 await process.pipe_stdout(stream.on_data, stream.sink.gate)
             finally:
-                await process.close()
+                await process.detach()  # see _leave
         stream.scope = None
         if not stream.complete:  # the follower ended by itself: try again after a pause
             raise ssh.GuestError(f"following the command's {stream.file} ended early")
@@ -447,9 +463,14 @@ class CommandWatch:
                 await done.wait()
                 nursery.cancel_scope.cancel()
         finally:
-            await process.close()
+            await process.detach()  # see _leave
         if self.outcome is None:
             raise ssh.GuestError("waiting for the command ended without a status")
+
+    # _leave: the followers and the waiter are left running when their channels close:
+    # killing each costs a round trip, and they end by themselves soon (a follower at its
+    # next write into a closed channel, the waiter when the runner is gone), or with the
+    # VM, which is powered off as soon as the command has ended.
 
     def _settle(self, outcome: Outcome, ends: Sequence[int]) -> None:
         if self.outcome is not None:
@@ -457,6 +478,7 @@ class CommandWatch:
         self.outcome = outcome
         for stream, end in zip(self._streams, ends, strict=True):
             stream.set_end(max(end, stream.fed) if outcome.how == "missing" else end)
+        self._check()
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
