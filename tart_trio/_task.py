@@ -780,11 +780,12 @@ class TaskRunner:
         self.phase = "exited"
         self.completed_at = _now()
         self.exited.set()
+        what = f"Command {self.config.command!r}" if self.config.command else f"VM {self.vm_name}"
         if result.err:
-            self._emit(f"VM {self.vm_name} ended: {result.err}", {"vm": self.vm_name})
+            self._emit(f"{what} ended: {result.err}", {"vm": self.vm_name})
         else:
             self._emit(
-                f"VM {self.vm_name} exited with code {result.exit_code}",
+                f"{what} exited with code {result.exit_code}",
                 {"vm": self.vm_name, "exit_code": str(result.exit_code)},
             )
 

@@ -8,10 +8,17 @@ guests. Everything printed is what a Nomad user or operator would see.
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
+import http.server
+import io
+import re
 import sys
+import tarfile
 import tempfile
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,7 @@ from tests.plugin_process import plugin_command
 
 REPO = Path(__file__).resolve().parent.parent
 JOB = REPO / "examples" / "macos-sequoia-vanilla.nomad.hcl"
+CI_JOB = REPO / "examples" / "ci-build.nomad.hcl"
 AGENT = REPO / "examples" / "agent.hcl"
 
 
@@ -149,6 +157,8 @@ async def demo(workdir: Path) -> None:
                 await sim.call("destroy_task", task_id=task_id)
                 left = fake.tart("list", "--quiet", "--source", "local").stdout.split()
                 say(f"    destroyed; VMs left in `tart list`: {left or 'none'}")
+
+                await ci_job(sim, fake, workdir, log, nursery)
                 nursery.cancel_scope.cancel()
             killed = await sim.call("kill")
             step(f"Agent shutdown: plugin exited gracefully: {killed['graceful']}")
@@ -157,6 +167,104 @@ async def demo(workdir: Path) -> None:
         raise SystemExit(1) from exc
     finally:
         fake.cleanup()
+
+
+SOURCES = {
+    "src/configure": "#!/bin/sh\necho 'checking for cc... cc'\n",
+    "src/build": (
+        "#!/bin/sh\nmkdir -p dist\n"
+        'for i in $(seq 1 40); do echo "[$i/40] compiling unit$i.c"; sleep 0.1; done\n'
+        "echo built > dist/app\n"
+    ),
+    "src/test": "#!/bin/sh\necho '40 tests passed'\n",
+}
+
+
+def sources_tarball(path: Path) -> None:
+    """The artifact the CI example fetches: src/ with configure, build and test."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in SOURCES.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+
+
+@contextlib.contextmanager
+def serving(directory: Path) -> Iterator[str]:
+    """A local web server for the artifact (the job's source_url)."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+async def ci_job(
+    sim: NomadSim, fake: FakeTart, workdir: Path, log: Path, nursery: trio.Nursery
+) -> None:
+    """A batch job: a build in a fresh VM, through an agent restart, to its exit code."""
+    served = workdir / "served"
+    served.mkdir()
+    sources_tarball(served / "sources.tar.gz")
+    step(f'nomad job run {CI_JOB.relative_to(REPO)}   (type = "batch", command = build.sh)')
+    with serving(served) as url:
+        task = {
+            "alloc_id": str(uuid.uuid4()),
+            "env": {},
+            "resources": {"cpu_shares": 4000, "memory_mb": 8192, "cpuset_cpus": "0,1,2,3"},
+        }
+        started = await sim.call(
+            "start_task",
+            task=task,
+            job_file=str(CI_JOB),
+            vars={"source_url": f"{url}/sources.tar.gz"},
+            nomad_vars={"nomad/jobs/ci-build": {"ssh_password": "admin"}},
+            create_alloc_dir=True,
+        )
+    task_id = started["task_id"]
+    stdout_log = Path(started["stdout_log"])
+    say(f"    task running after {started['seconds']:.1f}s: the artifact and the template")
+    say("    are in local/, and the build runs in the VM")
+
+    step("nomad alloc logs -f <alloc> build")
+    await wait_for(lambda: "compiling unit5.c" in stdout_log.read_text(), 30)
+    for line in stdout_log.read_text().splitlines():
+        say(f"    {line}")
+
+    step("The Nomad agent restarts in the middle of the build: the plugin is SIGKILLed")
+    await sim.call("sigkill")
+    shown = len(stdout_log.read_text().splitlines())
+    say(f"    plugin killed after {shown} lines of output; the build goes on in the guest")
+    await launch(sim, fake, log)
+    nursery.start_soon(print_events, await sim.open_stream("task_events"))
+    await sim.call("recover_task", handle=started["handle"], drop_driver_config=True)
+    say("    recovered; the output resumes where it stopped:")
+    waited = await sim.call("wait_task", task_id=task_id)
+    lines = stdout_log.read_text().splitlines()
+    for line in [*lines[shown : shown + 3], "...", *lines[-3:]]:
+        say(f"    {line}")
+    units = [int(n) for n in re.findall(r"compiling unit(\d+)\.c", "\n".join(lines))]
+    say(f"    units compiled: {len(units)}; no gap and no repeat: {units == list(range(1, 41))}")
+    say(f"    exit code {waited['result']['exit_code']}")
+    result = Path(started["alloc_dir"]) / "alloc" / "data" / "app.tar.gz"
+    say(f"    nomad alloc fs <alloc> alloc/data/app.tar.gz: {result.stat().st_size} bytes")
+    vm = f"nomad-{task['alloc_id']}"
+    await wait_for(lambda: vm not in fake.running_vms(), 30)
+    say(f"    VM {vm} powered off")
+    await sim.call("destroy_task", task_id=task_id)
+    left = fake.tart("list", "--quiet", "--source", "local").stdout.split()
+    say(f"    destroyed; VMs left in `tart list`: {left or 'none'}")
 
 
 def main() -> None:
