@@ -139,6 +139,8 @@ class TaskRunner:
         self._env = env
         #: How the command ended, as soon as that is known (its output may still flow).
         self._command_result: ExitResult | None = None
+        #: Whether we sent the command's group SIGKILL (which ends its runner too).
+        self._sent_kill = False
 
     # ---- start -----------------------------------------------------------------------
 
@@ -262,7 +264,8 @@ class TaskRunner:
         if skipped:
             self._emit(
                 f"{len(skipped)} environment variables are not passed to the command: their "
-                f"names are not shell identifiers ({', '.join(skipped[:5])})",
+                "names are not shell identifiers, or their values hold a NUL byte "
+                f"({', '.join(skipped[:5])})",
                 {"vm": self.vm_name},
             )
         address = ssh.GuestAddress(
@@ -740,6 +743,8 @@ class TaskRunner:
                 err=f"the command did not finish within its timeout of {self.config.timeout} "
                 "and was killed (SIGKILL)",
             )
+        if outcome.how == "lost" and self._sent_kill:
+            return ExitResult(exit_code=128 + 9, signal=9)  # as asked: SIGKILL ends the runner too
         why = command.describe(outcome)
         if reconnected:
             why += " (its SSH connection had dropped)"
@@ -762,6 +767,7 @@ class TaskRunner:
         """Send signal ``name`` (``kill -s`` form) to the command's process group."""
         if self.state is None:
             return False
+        self._sent_kill = self._sent_kill or name == "KILL"
         with trio.move_on_after(SHUTDOWN_SSH_SECONDS):
             try:
                 async with ssh.open_guest(self._guest_address(self.state)) as guest:

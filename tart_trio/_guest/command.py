@@ -200,7 +200,8 @@ def env_file(env: Mapping[str, str], root: str) -> tuple[bytes, list[str]]:
     """The task environment as ``export`` lines for ``sh``; and the names left out.
 
     The directory variables point at the guest's view of the shares. Names a shell
-    cannot export (``a.b``) are left out and returned, so that the caller can say so.
+    cannot export (``a.b``), and values with a NUL byte, are left out and returned (names
+    only), so that the caller can say so.
     """
     variables = dict(env)
     variables.update(
@@ -210,7 +211,7 @@ def env_file(env: Mapping[str, str], root: str) -> tuple[bytes, list[str]]:
     )
     lines, skipped = [], []
     for name in sorted(variables):
-        if not _NAME.match(name) or name.startswith("__tt_"):
+        if not _NAME.match(name) or name.startswith("__tt_") or "\0" in variables[name]:
             skipped.append(name)
             continue
         value = variables[name].replace("'", "'\\''")
@@ -235,9 +236,12 @@ async def launch(
     root = shares_root(guest_os)
     limit = str(int(-(-time_limit // 1))) if time_limit > 0 else "0"
     args = [job, root, guest_os, limit, str(TIMEOUT_GRACE), work_dir or root, *argv]
+    # The first line is the password for sudo (a password with a line break cannot be
+    # sent so; the env file that follows must never get part of it).
+    password = guest.address.password if "\n" not in guest.address.password else ""
     process = await session.open_process(guest, _script(_LAUNCH, *args))
     try:
-        await process.write(f"{guest.address.password}\n".encode() + env)
+        await process.write(f"{password}\n".encode() + env)
         await process.close_stdin()
         output = bytearray()
         while b"\n" not in output and len(output) < 65536:
