@@ -3,6 +3,8 @@
 Layers, bottom up: ``ssh`` (the connection: host-key pinning, quoting, commands, streams,
 shutdown; the only module that imports asyncssh), ``session`` (commands in their own SSH
 session, killed with everything they started when left early; one shared connection per
-task), ``cursor`` and ``logs`` (the guest's logs into the task's stdout FIFO, resumable
-without gap or duplicate), ``exec`` (ExecTask and ``nomad alloc exec``).
+task), ``sink`` (a task's log FIFO: backpressure instead of loss, cursors saved once
+delivered), ``cursor`` and ``logs`` (the guest's logs into the stdout sink, resumable
+without gap or duplicate), ``command`` (a task's command, detached in the guest and
+followed from files), ``exec`` (ExecTask and ``nomad alloc exec``).
 """
