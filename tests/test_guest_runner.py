@@ -40,7 +40,8 @@ def launch(shell: list[str], home: Path, job: str, limit: int, *argv: str) -> su
         start_new_session=True,
     )
     assert runner.stdin is not None and runner.stdout is not None
-    env, _ = command.env_file({"GREETING": "it's $HOME"}, str(home))
+    # the task's env may set PATH and IFS; the runner must not depend on them
+    env, _ = command.env_file({"GREETING": "it's $HOME", "PATH": "/nowhere", "IFS": "x"}, str(home))
     runner.stdin.write("the-password\n" + env.decode())
     runner.stdin.close()
     assert runner.stdout.readline().startswith("tart-command-started ")
@@ -89,10 +90,10 @@ def test_the_runner_records_exits_signals_timeouts_and_its_own_death(
         0,
         "/bin/sh",
         "-c",
-        "trap 'echo cleaning up; exit 7' TERM; echo ready; while :; do sleep 0.1; done",
+        "trap 'echo cleaning up; exit 7' TERM; echo ready; while :; do /bin/sleep 0.1; done",
     )
-    slow = launch(shell, tmp_path, "slow", 1, "sleep", "100")
-    killed = launch(shell, tmp_path, "killed", 0, "sleep", "100")
+    slow = launch(shell, tmp_path, "slow", 1, "/bin/sleep", "100")
+    killed = launch(shell, tmp_path, "killed", 0, "/bin/sleep", "100")
     deadline = time.monotonic() + 10
     while "ready" not in (jobs / "traps" / "out").read_text() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -113,14 +113,14 @@ echo "tart-command-started $$"
 exec </dev/null >>"$__tt_j/out" 2>>"$__tt_j/runner.log"
 trap : HUP INT QUIT TERM USR1 USR2 ALRM
 . "$__tt_j/env"
-rm -f "$__tt_j/env"
+command -p rm -f "$__tt_j/env"
 if [ "$__tt_limit" != 0 ]; then
   (
     trap '' HUP INT QUIT TERM USR1 USR2 ALRM
-    sleep "$__tt_limit"
+    command -p sleep "$__tt_limit"
     echo timeout >> "$__tt_j/status"
     kill -s TERM -- "-$$" 2>/dev/null
-    sleep "$__tt_grace"
+    command -p sleep "$__tt_grace"
     kill -s KILL -- "-$$" 2>/dev/null
   ) &
   __tt_watchdog=$!
@@ -128,7 +128,8 @@ fi
 ( exec "$@" ) 2>>"$__tt_j/err"
 __tt_code=$?
 [ -z "${__tt_watchdog:-}" ] || kill -s KILL "$__tt_watchdog" 2>/dev/null
-set -- $(wc -c < "$__tt_j/out") $(wc -c < "$__tt_j/err")
+unset IFS  # the task's environment may have set PATH or IFS: the runner uses neither
+set -- $(command -p wc -c < "$__tt_j/out") $(command -p wc -c < "$__tt_j/err")
 echo "exit $__tt_code $1 $2" >> "$__tt_j/status"
 """
 
