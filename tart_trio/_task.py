@@ -69,8 +69,9 @@ STALE_RUNTIME_FILES: Final = (
     "command.offsets",
     "command.result",
 )
-#: With a command: of StopTask's budget, at most this much is kept for powering the VM off.
-POWER_OFF_RESERVE: Final = 3.0
+#: With a command: how long `tart stop` waits before it kills `tart run` (the VM, whose
+#: command has ended, is powered off at once: Tart's stop is a hard power-off).
+POWER_OFF_GRACE: Final = 2.0
 #: A command's ``timeout`` is enforced in the guest; the plugin gives up on a guest that
 #: has not reported the end this long after the timeout and its SIGKILL grace.
 TIMEOUT_BACKSTOP: Final = 30.0
@@ -750,7 +751,7 @@ class TaskRunner:
             why += " (its SSH connection had dropped)"
         return ExitResult(exit_code=1, err=why)
 
-    async def _power_off(self, grace: float = 10.0) -> None:
+    async def _power_off(self, grace: float = POWER_OFF_GRACE) -> None:
         """Power the VM off (`tart stop`: a hard stop) and wait until it is down."""
         if self.supervisor is None:
             return
@@ -873,20 +874,19 @@ class TaskRunner:
             await self.exited.wait()
 
     async def _stop_command(self, budget: float, signal_name: str) -> None:
-        began = trio.current_time()
+        """The command gets the whole budget (kill_timeout) to exit; then a hard power-off."""
         if not self.exited.is_set():
             try:
                 name = command.signal_name(signal_name)
             except ValueError:
                 log.info("unknown kill_signal; using SIGINT", extra={"signal": signal_name})
                 name = "INT"
-            with trio.move_on_after(max(budget - min(POWER_OFF_RESERVE, budget / 2), 0.0)):
+            with trio.move_on_after(max(budget, 0.0)):
                 if await self._signal_command(name):
                     await self.exited.wait()
             if not self.exited.is_set():
                 self.finish(ExitResult(exit_code=128 + 9, signal=9))
-        left = budget - (trio.current_time() - began)
-        await self._power_off(max(left, 1.0))
+        await self._power_off(POWER_OFF_GRACE)
 
     async def _guest_shutdown(self, state: DriverState) -> None:
         address = ssh.GuestAddress(
