@@ -15,6 +15,7 @@ import trio
 
 from tests.conformance.conftest import launch_args, plugin_log, until
 from tests.conformance.nomadsim import NomadSim
+from tests.conformance.test_exec import ended_cleanly, open_session
 from tests.conformance.test_lifecycle import _variant, collect, vm_names
 from tests.faketart.fixtures import LINUX_IMAGE, MACOS_IMAGE, FakeTart, needs_guest_reason
 
@@ -131,6 +132,11 @@ async def test_a_command_gets_its_args_env_and_files_and_ends_the_task_with_its_
         await until((data / "env.txt").exists)
         ran = await sim.call("exec_task", task_id=task_id, command=["echo", "exec works"])
         assert base64.b64decode(ran["stdout_b64"]) == b"exec works\n", "exec during the command"
+        shell = await open_session(sim, task_id, ["/bin/sh"], tty=False)  # nomad alloc exec
+        await shell.send(b"echo alloc exec works; exit 4\n")
+        await sim.call("exec_stdin_close", stream=shell.stream.id)
+        assert ended_cleanly(shell, await shell.finish()) == 4
+        assert bytes(shell.stdout) == b"alloc exec works\n"
         host_argv = argv_on_host()
         (data / "go").touch()
         with trio.fail_after(30):
