@@ -35,6 +35,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -390,16 +391,19 @@ class Guest:
         if len(shares) == 1 and not shares[0].get("name"):
             self._share_mount(shares[0]["path"], target, shares[0].get("ro", False))
             return
+        # Built aside, then moved into place in one step: whoever sees the mount point
+        # mounted (mountpoint(1), as mount_virtiofs waits) sees every share in it.
+        stage = tempfile.mkdtemp(prefix="share-", dir=self.gpath("/run/faketart"))
         linuxsys.mount(
-            "virtiofs", target, "tmpfs", linuxsys.MS_NOSUID | linuxsys.MS_NODEV, "mode=0755,size=1m"
+            "virtiofs", stage, "tmpfs", linuxsys.MS_NOSUID | linuxsys.MS_NODEV, "mode=0755,size=1m"
         )
         for sh in shares:
-            sub = os.path.join(target, sh["name"])
+            sub = os.path.join(stage, sh["name"])
             os.makedirs(sub, exist_ok=True)
             self._share_mount(sh["path"], sub, sh.get("ro", False))
         linuxsys.mount(
             None,
-            target,
+            stage,
             None,
             linuxsys.MS_BIND
             | linuxsys.MS_REMOUNT
@@ -407,6 +411,8 @@ class Guest:
             | linuxsys.MS_NOSUID
             | linuxsys.MS_NODEV,
         )
+        linuxsys.mount(stage, target, None, linuxsys.MS_MOVE)
+        os.rmdir(stage)
 
     def _share_mount(self, source: str, target: str, ro: bool) -> None:
         if not self.spec.get("share_idmap", True):
