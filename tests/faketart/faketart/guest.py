@@ -412,7 +412,8 @@ class Guest:
             | linuxsys.MS_NODEV,
         )
         linuxsys.mount(stage, target, None, linuxsys.MS_MOVE)
-        os.rmdir(stage)
+        with contextlib.suppress(OSError):
+            os.rmdir(stage)  # busy where propagation keeps a copy of the move: harmless
 
     def _share_mount(self, source: str, target: str, ro: bool) -> None:
         if not self.spec.get("share_idmap", True):
