@@ -1,4 +1,4 @@
-"""Benchmark 7: what a CI command costs around it, against OpenSSH in the same run.
+"""Benchmark 8: what a CI command costs around it, against OpenSSH in the same run.
 
 A task with a ``command`` (a fake macOS VM, quiet guest) whose script records the time it
 starts and the time it ends (``date +%s.%N`` in the guest; the fake's guests share the

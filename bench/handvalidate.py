@@ -208,6 +208,8 @@ TOP_KEYS = {
     "root_disk",
     "directory",
     "log_command",
+    "force_pull",
+    "pull_only",
     "command",
     "args",
     "work_dir",
@@ -222,7 +224,7 @@ def decode(data: bytes) -> dict[str, Any]:
         raw = msgspec.msgpack.decode(data)
     except msgspec.DecodeError as exc:
         raise HandError("", f"undecodable msgpack ({exc})") from None
-    obj = _object(raw, "", TOP_KEYS, {"url", "ssh_user", "ssh_password"})
+    obj = _object(raw, "", TOP_KEYS, {"url"})
     auth = None
     if obj.get("auth") is not None:
         a = _object(obj["auth"], "auth", {"username", "password"}, {"username", "password"})
@@ -232,8 +234,8 @@ def decode(data: bytes) -> dict[str, Any]:
         }
     config: dict[str, Any] = {
         "url": _str(obj["url"], "url"),
-        "ssh_user": _str(obj["ssh_user"], "ssh_user"),
-        "ssh_password": _str(obj["ssh_password"], "ssh_password"),
+        "ssh_user": _str(obj.get("ssh_user", ""), "ssh_user"),
+        "ssh_password": _str(obj.get("ssh_password", ""), "ssh_password"),
         "show_ui": _bool(obj.get("show_ui", False), "show_ui"),
         "disk_size": _int(obj.get("disk_size", 0), "disk_size", 0, 65535),
         "auth": auth,
@@ -241,15 +243,20 @@ def decode(data: bytes) -> dict[str, Any]:
         "root_disk": _root_disk(obj.get("root_disk")),
         "directory": _directories(obj.get("directory", [])),
         "log_command": _strings(obj.get("log_command", DEFAULT_LOG_COMMAND), "log_command"),
+        "force_pull": _bool(obj.get("force_pull", False), "force_pull"),
+        "pull_only": _bool(obj.get("pull_only", False), "pull_only"),
         "command": _str(obj.get("command", ""), "command"),
         "args": _strings(obj.get("args", []), "args"),
         "work_dir": _str(obj.get("work_dir", ""), "work_dir"),
         "timeout": _str(obj.get("timeout", ""), "timeout"),
         "guest_logs": _optional_bool(obj.get("guest_logs"), "guest_logs"),
     }
-    for field in ("url", "ssh_user"):
-        if not str(config[field]).strip():
-            raise HandError(field, "must not be empty")
+    if not str(config["url"]).strip():
+        raise HandError("url", "must not be empty")
+    if not config["pull_only"]:
+        for field in ("ssh_user", "ssh_password"):
+            if not str(config[field]).strip():
+                raise HandError(field, "is required (it may be left out only with pull_only)")
     command = config["log_command"]
     if not command or not command[0]:
         raise HandError("log_command", "must name a command")
