@@ -1,6 +1,7 @@
-# A CI build VM that Nomad places on a Mac which already has its image when one has it
+# A CI build that Nomad places on a Mac which already has its image when one has it
 # (affinity), only on Macs with room to spare (constraint), and whose :latest tag is
-# checked against the registry before the clone (force_pull).
+# checked against the registry before the clone (force_pull). The task ends with the
+# build's exit code (see ci-build.nomad.hcl for templates, artifacts and results).
 job "ios-ci" {
   datacenters = ["dc1"]
   type        = "batch"
@@ -35,6 +36,10 @@ EOH
         ssh_user     = "admin"
         ssh_password = "${SSH_PASSWORD}"
         force_pull   = true
+
+        command = "/bin/bash"
+        args    = ["-c", "xcodebuild -version && xcrun simctl list runtimes"]
+        timeout = "30m"
       }
 
       resources {

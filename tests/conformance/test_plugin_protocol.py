@@ -204,6 +204,9 @@ EXPECTED: dict[str, TaskConfig] = {
         ssh_user="admin",
         ssh_password=PASSWORD,
         force_pull=True,
+        command="/bin/bash",
+        args=("-c", "xcodebuild -version && xcrun simctl list runtimes"),
+        timeout="30m",
     ),
 }
 
