@@ -35,9 +35,9 @@ from tart_trio._reconcile import run_reconciler
 from tart_trio._recovery import recover_runner
 from tart_trio._slots import MacOSSlots
 from tart_trio._state import DriverState, decode_state, encode_state
-from tart_trio._tart import processes
+from tart_trio._tart import processes, vms
 from tart_trio._tart.cli import Tart, TartNotFound, locate_tart, resolve_user
-from tart_trio._task import FORCE_SECONDS, TaskContext, TaskRunner, delete_vm
+from tart_trio._task import FORCE_SECONDS, TaskContext, TaskRunner
 from tart_trio._version import __version__
 from tart_trio._warm import PullOnlyRunner
 
@@ -427,7 +427,7 @@ class Driver:
                     extra={"vm": name, "task_id": task_id},
                 )
                 await processes.end(left, FORCE_SECONDS)
-                await delete_vm(tart, name)
+                await vms.delete_vm(tart, name)
             finally:
                 self._vm_names.discard(name)
             return

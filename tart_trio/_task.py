@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -24,28 +22,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-import msgspec
 import trio
 
-from tart_trio import _diskspace, _proc
+from tart_trio import _proc
 from tart_trio._config import TaskConfig, network_mode
-from tart_trio._errors import ConfigError, RecoverableError, TartTrioError
+from tart_trio._errors import RecoverableError, TartTrioError
 from tart_trio._groups import single_errors
 from tart_trio._guest import command, disk, session, ssh
 from tart_trio._guest.logs import pump_logs
 from tart_trio._guest.sink import Sink
+from tart_trio._job import CommandJob
 from tart_trio._model import ExitResult, NomadTask, TaskEnv, TaskPhase
-from tart_trio._pulls import ProgressThrottle, PullListener, Pulls
+from tart_trio._provision import Provisioner
+from tart_trio._pulls import Pulls
 from tart_trio._safefs import make_private_dir, open_own_file
 from tart_trio._slots import MacOSSlots
 from tart_trio._state import DriverState
 from tart_trio._tart import argv as tart_argv
-from tart_trio._tart import images, processes, versions, vms
+from tart_trio._tart import processes, versions, vms
 from tart_trio._tart.cli import Tart, TartCommandError
 
 log = logging.getLogger("task")
 
-TART_CALL_SECONDS: Final = 120.0
 FAILED_TO_START: Final = "The virtual machine failed to start."
 MACOS_START_HINT: Final = (
     "macOS 15.2 and later guests start only in the GUI login session of the user that runs "
@@ -56,25 +54,11 @@ FORCE_SECONDS: Final = 15.0
 SHUTDOWN_SSH_SECONDS: Final = 5.0
 #: How long growing a macOS guest's APFS container may take (repairDisk, resizeContainer).
 GROW_DISK_SECONDS: Final = 300.0
-PROGRESS_EVERY: Final = 10.0
-CLONE_ATTEMPTS: Final = 3
 GRACEFUL_SIGNALS: Final = frozenset({"", "SIGINT", "SIGTERM", "SIGQUIT", "INT", "TERM", "QUIT"})
 POWER_OFF_SIGNALS: Final = frozenset({"SIGKILL", "KILL"})
-#: Runtime files an earlier run of the task may have left (a new run starts without them).
-STALE_RUNTIME_FILES: Final = (
-    "status.json",
-    "tart-run.pid",
-    "tart-run.log",
-    "log.cursor",
-    "command.offsets",
-    "command.result",
-)
 #: With a command: how long `tart stop` waits before it kills `tart run` (the VM, whose
 #: command has ended, is powered off at once: Tart's stop is a hard power-off).
 POWER_OFF_GRACE: Final = 2.0
-#: A command's ``timeout`` is enforced in the guest; the plugin gives up on a guest that
-#: has not reported the end this long after the timeout and its SIGKILL grace.
-TIMEOUT_BACKSTOP: Final = 30.0
 
 
 class TaskStopped(TartTrioError):
@@ -131,17 +115,12 @@ class TaskRunner:
         self.runtime_dir = Path(task.alloc_dir) / task.name / ".tart-driver"
         self._scope = trio.CancelScope()
         self._stop_requested = False
-        self._cloned = False
+        self.provision = Provisioner(task, config, vm_name, ctx, emit, self.runtime_dir)
         self._darwin = False
         self.supervisor: tuple[int, str | None] | None = None
         #: The SSH connection exec sessions share; closed when the VM ends.
         self.exec_link = session.SharedGuest()
-        #: The task's environment, for the command; dropped once the command started.
-        self._env = env
-        #: How the command ended, as soon as that is known (its output may still flow).
-        self._command_result: ExitResult | None = None
-        #: Whether we sent the command's group SIGKILL (which ends its runner too).
-        self._sent_kill = False
+        self.job = CommandJob(config, vm_name, emit, self.runtime_dir, env)
 
     # ---- start -----------------------------------------------------------------------
 
@@ -181,9 +160,9 @@ class TaskRunner:
             make_private_dir(str(self.runtime_dir))
         except OSError as exc:
             raise TartTrioError(str(exc)) from None
-        await self._clear_earlier_attempt(tart)
-        await self._clone(tart)
-        await self._configure(tart)
+        await self.provision.clear_earlier_attempt(tart)
+        await self.provision.clone(tart)
+        await self.provision.configure(tart)
         guest_os = await vms.vm_os(tart, self.vm_name)
         darwin = self._darwin = guest_os == "darwin"
         if darwin:
@@ -205,15 +184,10 @@ class TaskRunner:
         if darwin:
             self.ctx.slots.started()
         if darwin and self.config.disk_size > 0:
-            await self._grow_guest_disk(
-                ssh.GuestAddress(
-                    host=ip,
-                    user=self.config.ssh_user,
-                    password=self.config.ssh_password,
-                    host_key=host_key,
-                )
-            )
-        job = await self._start_command(ip, host_key, guest_os) if self.config.command else ""
+            await self._grow_guest_disk(self._address(ip, host_key))
+        job = ""
+        if self.config.command:
+            job = await self.job.start(self._address(ip, host_key), guest_os)
         return DriverState(
             vm_name=self.vm_name,
             task_config=self.config,
@@ -253,257 +227,6 @@ class TaskRunner:
             "the VM runs with the space its image had",
             {"vm": self.vm_name},
         )
-
-    async def _start_command(self, ip: str, host_key: str, guest_os: str) -> str:
-        """Start the task's command in the guest, detached; its job name there."""
-        job = secrets.token_hex(8)
-        env, skipped = command.env_file(
-            dict(self._env.items()) if self._env is not None else {},
-            command.shares_root(guest_os),
-        )
-        self._env = None  # held no longer than needed
-        if skipped:
-            self._emit(
-                f"{len(skipped)} environment variables are not passed to the command: their "
-                "names are not shell identifiers, or their values hold a NUL byte "
-                f"({', '.join(skipped[:5])})",
-                {"vm": self.vm_name},
-            )
-        address = ssh.GuestAddress(
-            host=ip, user=self.config.ssh_user, password=self.config.ssh_password, host_key=host_key
-        )
-        argv = [self.config.command, *self.config.args]
-        try:
-            async with ssh.open_guest(address) as guest:
-                await command.launch(
-                    guest,
-                    job,
-                    argv,
-                    work_dir=self.config.work_dir,
-                    guest_os=guest_os,
-                    time_limit=self.config.timeout_seconds,
-                    env=env,
-                )
-        except command.CommandError as exc:
-            raise TartTrioError(str(exc)) from None
-        except ssh.HostKeyMismatch:
-            raise
-        except ssh.GuestError as exc:
-            raise RecoverableError(
-                f"starting the command in VM {self.vm_name} failed: {exc}"
-            ) from exc
-        self._emit(f"Command {self.config.command!r} started in the guest", {"vm": self.vm_name})
-        return job
-
-    def _credentials(self) -> dict[str, str]:
-        """Registry credentials for this task's tart calls only (never argv, never stored)."""
-        if self.config.auth is None:
-            return {}
-        env = {
-            "TART_REGISTRY_USERNAME": self.config.auth.username,
-            "TART_REGISTRY_PASSWORD": self.config.auth.password,
-        }
-        host = self.config.url.split("/", 1)[0]
-        return {**env, "TART_REGISTRY_HOSTNAME": host}
-
-    async def _clear_earlier_attempt(self, tart: Tart) -> None:
-        """End what an earlier run of this task left running, then remove its leftovers.
-
-        No task of ours owns this name (it was free in the task table), so anything acting
-        on it belongs to an earlier run of this task: typically a start that Nomad cut
-        short by killing the plugin, which leaves its `tart clone`, `tart set` or VM
-        supervisor running. They are ended first, so that none of them can write into the
-        new VM or its runtime files later; then the VM is deleted, because `tart clone`
-        would overwrite it silently, even while its `tart run` still runs.
-        """
-        left = await processes.find(self.vm_name, tart.path)
-        if left:
-            self._emit(
-                f"Ending what an earlier run of this task left running for VM {self.vm_name}: "
-                + ", ".join(_describe(p) for p in left),
-                {"vm": self.vm_name},
-            )
-            survivors = await processes.end(left, FORCE_SECONDS)
-            if survivors:
-                raise TartTrioError(
-                    f"processes of an earlier run of VM {self.vm_name} did not end: "
-                    + ", ".join(f"pid {p.pid}" for p in survivors)
-                )
-        if await self._bundle_exists(tart):
-            self._emit(
-                f"Removing VM {self.vm_name} left over from an earlier run of this task",
-                {"vm": self.vm_name},
-            )
-            await self._delete_vm()
-            if await self._bundle_exists(tart):
-                raise TartTrioError(
-                    f"VM {self.vm_name} is left over from an earlier run of this task and "
-                    f"could not be removed; remove it with `tart delete {self.vm_name}`"
-                )
-        for stale in STALE_RUNTIME_FILES:
-            (self.runtime_dir / stale).unlink(missing_ok=True)
-
-    async def _clone(self, tart: Tart) -> None:
-        url = self.config.url
-        if images.is_remote(url):
-            await self._ensure_image(tart, url)
-        self._check_fit(tart, url)
-        self._cloned = True
-        for attempt in range(1, CLONE_ATTEMPTS + 1):
-            try:
-                # Tart's clone reads every VM's config.json while `tart set` rewrites one
-                # in place, and other commands sweep tart's tmp directory a clone stages
-                # in: provisioning is serialised, and a clone that lost a race is retried.
-                async with self.ctx.provision_lock, self.ctx.pulls.cloning(url):
-                    with trio.fail_after(TART_CALL_SECONDS):
-                        await tart.run(
-                            "clone", url, self.vm_name, extra_env=self._clone_environment()
-                        )
-                break
-            except TartCommandError as exc:
-                if attempt == CLONE_ATTEMPTS or not _clone_race(exc):
-                    raise
-                log.info(
-                    "tart clone lost a race with another tart command; retrying",
-                    extra={"vm": self.vm_name, "error": str(exc)},
-                )
-                await self._delete_vm()
-        self._user_notice()
-
-    def _clone_environment(self) -> dict[str, str]:
-        # Tart's automatic pruning would remove images the driver keeps (disk_reserve and
-        # image_cache_budget manage the space instead)
-        return {**self._credentials(), "TART_NO_AUTO_PRUNE": "1"}
-
-    async def _ensure_image(self, tart: Tart, url: str) -> None:
-        """The image in Tart's cache: joined from the pre-pull, pulled, or found there."""
-        if self.ctx.pulls.prepulling(url):
-            await self._pull(tart, url, join=True)
-            return
-        if not self.config.force_pull:
-            with trio.fail_after(TART_CALL_SECONDS):
-                if images.canonical(url) in await images.cached_names(tart):
-                    return
-        await self._pull(tart, url)
-
-    def _check_fit(self, tart: Tart, url: str) -> None:
-        """Before anything is cloned: the image's minimums, and room for the clone."""
-        config = images.image_config(tart, url)
-        if config is not None and config.get("os") == "darwin":
-            self._check_minimums(url, config)
-        source = images.cache_path(tart, url) if images.is_remote(url) else tart.vm_dir(url)
-        cost = _diskspace.clone_cost(images.allocated_bytes(source))
-        _diskspace.require(tart.home_dir, self.ctx.disk_reserve, cost, f"cloning {url}")
-
-    def _check_minimums(self, url: str, config: dict[str, object]) -> None:
-        """Tart refuses less memory or CPU than a macOS image's minimum (VMConfig.swift)."""
-        memory_min = _int(config.get("memorySizeMin")) // (1024 * 1024)
-        if self.task.memory_mb and self.task.memory_mb < memory_min:
-            raise ConfigError(
-                "resources.memory",
-                f"{self.task.memory_mb} MB is less than the {memory_min} MB image {url} needs "
-                f"(its memorySizeMin); give the task resources {{ memory = {memory_min} }} "
-                "or more",
-                scope="task resources",
-            )
-        cpu_min = _int(config.get("cpuCountMin"))
-        cores = self.task.reserved_cores
-        if cores and cores < cpu_min:
-            raise ConfigError(
-                "resources.cores",
-                f"{cores} is less than the {cpu_min} CPU cores image {url} needs (its "
-                f"cpuCountMin); give the task resources {{ cores = {cpu_min} }} or more, or "
-                "only cpu (MHz) to keep the image's CPU count",
-                scope="task resources",
-            )
-
-    def _user_notice(self) -> None:
-        # emitted once the image is here, so a long pull cannot push it out of the task's
-        # last ten events (all Nomad keeps)
-        if self.task.user:
-            self._emit(
-                f"The task's user {self.task.user!r} is not used: tart runs as the plugin's "
-                "tart_user, and commands in the VM run as ssh_user",
-                {"vm": self.vm_name},
-            )
-
-    async def _bundle_exists(self, tart: Tart) -> bool:
-        return await (trio.Path(tart.vm_dir(self.vm_name)) / "config.json").exists()
-
-    async def _pull(self, tart: Tart, url: str, *, join: bool = False) -> None:
-        """Download ``url`` (or wait for the pre-pull downloading it), with a few events.
-
-        Nomad keeps a task's last ten events: progress becomes an event every two minutes
-        (as Docker's driver does) and a log line every ten seconds.
-        """
-        joining = " (the pre-pull is downloading it)" if join else ""
-        self._emit(f"Downloading image {url}{joining}", {"image": url})
-        began = trio.current_time()
-        throttle = ProgressThrottle(began)
-        logged = began
-
-        def progress(percent: int) -> None:
-            nonlocal logged
-            now = trio.current_time()
-            if throttle.due(now):
-                self._emit(
-                    f"Downloading image {url}: {percent}%", {"image": url, "percent": str(percent)}
-                )
-            if now - logged >= PROGRESS_EVERY:
-                logged = now
-                log.info("downloading image", extra={"image": url, "percent": percent})
-
-        def waiting() -> None:
-            self._emit(
-                f"Waiting for another download from {images.host_of(url)} to finish (Tart "
-                "pulls one image per registry at a time)",
-                {"image": url},
-            )
-
-        listener = PullListener(progress=progress, waiting=waiting)
-        try:
-            if join:
-                await self.ctx.pulls.join_prepull(url, listener)
-            else:
-                await self.ctx.pulls.pull(
-                    tart,
-                    url,
-                    self._credentials(),
-                    timeout_seconds=self.ctx.pull_timeout,
-                    inactivity_seconds=self.ctx.pull_inactivity,
-                    listener=listener,
-                    check_space=self._space_check(tart, url),
-                )
-        except _diskspace.NotEnoughSpace as exc:
-            self._emit(f"Downloading image {url} failed: {exc}", {"image": url})
-            raise
-        except TartCommandError as exc:
-            self._emit(f"Downloading image {url} failed: {exc.stderr or exc}", {"image": url})
-            raise RecoverableError(f"pulling image {url} failed: {exc}") from exc
-        took = trio.current_time() - began
-        self._emit(f"Downloaded image {url} in {took:.0f}s", {"image": url})
-
-    def _space_check(self, tart: Tart, url: str) -> Callable[[int], None]:
-        home, reserve = tart.home_dir, self.ctx.disk_reserve
-
-        def check(needed: int) -> None:
-            _diskspace.require(home, reserve, needed, f"pulling {url}")
-
-        return check
-
-    async def _configure(self, tart: Tart) -> None:
-        cpus = self.task.reserved_cores
-        if not cpus:
-            self._emit(
-                "no reserved cores (resources.cores); the VM keeps its image's CPU count",
-                {"vm": self.vm_name},
-            )
-        argv = tart_argv.set_argv(
-            self.vm_name, cpus or None, self.task.memory_mb or None, self.config.disk_size
-        )
-        async with self.ctx.provision_lock:
-            with trio.fail_after(TART_CALL_SECONDS):
-                await tart.run(*argv)
 
     async def _check_macos_slots(self, tart: Tart) -> None:
         running = await vms.running_macos_vms(tart)
@@ -620,9 +343,9 @@ class TaskRunner:
 
     async def _rollback(self) -> None:
         """Undo a partial start: no VM, supervisor or bundle may be left behind."""
-        with trio.move_on_after(FORCE_SECONDS + TART_CALL_SECONDS):
+        with trio.move_on_after(FORCE_SECONDS + vms.TART_CALL_SECONDS):
             await self._force_down()
-            if self._cloned:
+            if self.provision.cloned:
                 await self._delete_vm()
 
     # ---- running ---------------------------------------------------------------------
@@ -652,7 +375,7 @@ class TaskRunner:
     def vm_result(self, status: ExitResult | None) -> ExitResult:
         """The task's result once its VM has ended with ``status`` (None: no status)."""
         if self.state is not None and self.state.command_job:
-            known = self._command_result or _read_command_result(self.runtime_dir)
+            known = self.job.known_result()
             if known is not None:
                 return known
             output = _tail(self.runtime_dir / "tart-run.log", 300)
@@ -667,89 +390,19 @@ class TaskRunner:
             )
         return status
 
-    def _report(self, message: str) -> None:
-        self._emit(message, {"vm": self.vm_name})
-
-    def _guest_address(self, state: DriverState) -> ssh.GuestAddress:
-        return ssh.GuestAddress(
-            host=state.ip,
-            user=self.config.ssh_user,
-            password=self.config.ssh_password,
-            host_key=state.host_key,
-        )
-
     async def _follow_command(self, state: DriverState, stdout: Sink, stderr: Sink) -> None:
-        """Follow the command to its end: output into the sinks, then the task's result,
-        then the VM is powered off (DestroyTask deletes it)."""
-        watch = command.CommandWatch(
-            self._guest_address(state),
-            state.command_job,
-            command.offsets_path(state.runtime_dir),
-            stdout,
-            stderr,
-            whole_lines=self.config.streams_guest_logs,
-        )
-        limit = self.config.timeout_seconds
-        deadline = math.inf
-        if limit:
-            wall = state.command_started + limit + command.TIMEOUT_GRACE + TIMEOUT_BACKSTOP
-            deadline = trio.current_time() + max(wall - time.time(), 0.0)
-        failed: list[ssh.HostKeyMismatch] = []
-
-        async def follow() -> None:
-            try:
-                await watch.run()
-            except ssh.HostKeyMismatch as exc:
-                failed.append(exc)
-                watch.ended.set()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(follow)  # closes its SSH sessions after `ended`
-            with trio.move_on_at(deadline) as backstop:
-                await watch.ended.wait()
-            if backstop.cancelled_caught:
-                nursery.cancel_scope.cancel()
-                result = ExitResult(
-                    exit_code=1,
-                    err=f"the command did not end within its timeout of {self.config.timeout} "
-                    "and the guest did not report it; the VM is powered off",
-                )
-            elif failed:
-                result = ExitResult(exit_code=1, err=f"the command's output stopped: {failed[0]}")
-            else:
-                assert watch.outcome is not None
-                result = self._command_outcome(watch.outcome, watch.reconnected)
-            self._command_result = result
-            _write_command_result(self.runtime_dir, result)
-            await stdout.drained()
-            await stderr.drained()
-            self.finish(result)
+        """The task ends with the command; then the VM is powered off (DestroyTask deletes
+        it)."""
+        await self.job.follow(state, stdout, stderr, self.finish)
         await self._power_off()
 
-    def _command_outcome(self, outcome: command.Outcome, reconnected: bool) -> ExitResult:
-        if outcome.how == "exited":
-            code = outcome.exit_code
-            signum = code - 128 if 128 < code <= 128 + 64 else 0
-            err = ""
-            if outcome.timed_out:
-                err = (
-                    f"the command did not finish within its timeout of {self.config.timeout} "
-                    "and was killed"
-                )
-            return ExitResult(exit_code=code, signal=signum, err=err)
-        if outcome.timed_out:
-            return ExitResult(
-                exit_code=128 + 9,
-                signal=9,
-                err=f"the command did not finish within its timeout of {self.config.timeout} "
-                "and was killed (SIGKILL)",
-            )
-        if outcome.how == "lost" and self._sent_kill:
-            return ExitResult(exit_code=128 + 9, signal=9)  # as asked: SIGKILL ends the runner too
-        why = command.describe(outcome)
-        if reconnected:
-            why += " (its SSH connection had dropped)"
-        return ExitResult(exit_code=1, err=why)
+    def _address(self, ip: str, host_key: str) -> ssh.GuestAddress:
+        return ssh.GuestAddress(
+            host=ip, user=self.config.ssh_user, password=self.config.ssh_password, host_key=host_key
+        )
+
+    def _report(self, message: str) -> None:
+        self._emit(message, {"vm": self.vm_name})
 
     async def _power_off(self, grace: float = POWER_OFF_GRACE) -> None:
         """Power the VM off (`tart stop`: a hard stop) and wait until it is down."""
@@ -763,22 +416,6 @@ class TaskRunner:
             await _proc.wait_exit(pid, token)
         if _proc.alive(pid, token):
             await self._force_down()
-
-    async def _signal_command(self, name: str) -> bool:
-        """Send signal ``name`` (``kill -s`` form) to the command's process group."""
-        if self.state is None:
-            return False
-        self._sent_kill = self._sent_kill or name == "KILL"
-        with trio.move_on_after(SHUTDOWN_SSH_SECONDS):
-            try:
-                async with ssh.open_guest(self._guest_address(self.state)) as guest:
-                    return await command.send_signal(guest, self.state.command_job, name)
-            except ssh.GuestError as exc:
-                log.info(
-                    "signalling the command over SSH failed",
-                    extra={"vm": self.vm_name, "error": str(exc)},
-                )
-        return False
 
     def finish(self, result: ExitResult) -> None:
         if self.exited.is_set():
@@ -802,8 +439,9 @@ class TaskRunner:
         self.phase = "running"
         self.started_at = datetime.fromtimestamp(state.started_at, UTC)
         self.runtime_dir = Path(state.runtime_dir)
+        self.provision.runtime_dir = self.runtime_dir
         self.supervisor = (state.supervisor_pid, state.supervisor_token)
-        self._cloned = True
+        self.provision.cloned = True
 
     async def watch_recovered(self) -> None:
         """Watch a recovered VM (nothing to do when it had already exited)."""
@@ -827,7 +465,7 @@ class TaskRunner:
                 bare = command.signal_name(name)
             except ValueError as exc:
                 raise TartTrioError(str(exc)) from None
-            if not await self._signal_command(bare):
+            if not await self.job.send(self.state, bare):
                 raise TartTrioError(f"the command of task {self.task.id} is not running")
             return
         if upper in GRACEFUL_SIGNALS and upper:
@@ -882,7 +520,7 @@ class TaskRunner:
                 log.info("unknown kill_signal; using SIGINT", extra={"signal": signal_name})
                 name = "INT"
             with trio.move_on_after(max(budget, 0.0)):
-                if await self._signal_command(name):
+                if await self.job.send(self.state, name):
                     await self.exited.wait()
             if not self.exited.is_set():
                 self.finish(ExitResult(exit_code=128 + 9, signal=9))
@@ -906,7 +544,7 @@ class TaskRunner:
                 )
 
     async def _tart_stop(self, grace: float) -> None:
-        await tart_stop(self.ctx.tart, self.vm_name, grace)
+        await vms.tart_stop(self.ctx.tart, self.vm_name, grace)
 
     async def _force_down(self) -> None:
         """SIGTERM the supervisor (it SIGKILLs ``tart run``) and wait for it to end."""
@@ -918,7 +556,7 @@ class TaskRunner:
             await _proc.wait_exit(pid, token)
 
     async def _delete_vm(self) -> None:
-        await delete_vm(self.ctx.tart, self.vm_name)
+        await vms.delete_vm(self.ctx.tart, self.vm_name)
 
     async def destroy(self) -> None:
         """Stop if needed, delete the VM bundle and the runtime files."""
@@ -930,51 +568,9 @@ class TaskRunner:
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
-async def tart_stop(tart: Tart, vm_name: str, grace: float) -> None:
-    """``tart stop`` (a power-off after ``grace`` seconds); a VM that is not running is fine."""
-    with trio.move_on_after(TART_CALL_SECONDS):
-        try:
-            await tart.run("stop", vm_name, "--timeout", str(max(int(grace), 0)))
-        except TartCommandError as exc:
-            log.debug("tart stop", extra={"vm": vm_name, "error": str(exc)})
-
-
-async def delete_vm(tart: Tart, vm_name: str) -> None:
-    """``tart delete``, powering the VM off first if it runs; a missing VM is fine."""
-    for _ in range(3):
-        try:
-            with trio.fail_after(TART_CALL_SECONDS):
-                await tart.run("delete", vm_name)
-            return
-        except TartCommandError as exc:
-            if exc.returncode == 2:  # does not exist
-                return
-            await tart_stop(tart, vm_name, 0)
-        except trio.TooSlowError:
-            return
-
-
 def hit_vm_limit(output: str) -> bool:
     """Whether ``tart run``'s output is Apple's limit on macOS VMs, in any Tart version."""
     return versions.vm_limit_reached(output)
-
-
-def _describe(process: processes.VMProcess) -> str:
-    """``tart clone (pid 123)``, ``the VM supervisor (pid 124)``."""
-    if process.owner is not None:
-        return f"the VM supervisor (pid {process.pid})"
-    words = [os.path.basename(a) for a in process.argv]
-    at = words.index("tart") if "tart" in words else 0
-    return f"{' '.join(words[at : at + 2])} (pid {process.pid})"
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) else 0
-
-
-def _clone_race(exc: TartCommandError) -> bool:
-    """Failures of `tart clone` caused by a concurrent tart command, not by the image."""
-    return "No such file or directory" in exc.stderr or "dataCorrupted" in exc.stderr
 
 
 def read_status(path: Path) -> ExitResult | None:
@@ -986,26 +582,6 @@ def read_status(path: Path) -> ExitResult | None:
     except (OSError, ValueError):
         return None
     return ExitResult(exit_code=int(raw.get("exit_code", 0)), signal=int(raw.get("signal", 0)))
-
-
-def _write_command_result(runtime_dir: Path, result: ExitResult) -> None:
-    """Keep the command's result beside the VM's status (recovery may need it later)."""
-    try:
-        fd = open_own_file(str(runtime_dir / "command.result"), os.O_WRONLY | os.O_CREAT)
-    except OSError:
-        return
-    with os.fdopen(fd, "wb") as out:
-        out.truncate()
-        out.write(msgspec.json.encode(result))
-
-
-def _read_command_result(runtime_dir: Path) -> ExitResult | None:
-    try:
-        fd = open_own_file(str(runtime_dir / "command.result"), os.O_RDONLY)
-        with os.fdopen(fd, "rb") as raw:
-            return msgspec.json.decode(raw.read(), type=ExitResult)
-    except (OSError, msgspec.DecodeError):
-        return None
 
 
 def _tail(path: Path, limit: int = 600) -> str:

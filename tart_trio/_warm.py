@@ -26,7 +26,7 @@ class PullOnlyRunner(TaskRunner):
             make_private_dir(str(self.runtime_dir))
         except OSError as exc:
             raise TartTrioError(str(exc)) from None
-        await self._ensure_image(tart, self.config.url)
+        await self.provision.ensure_image(tart, self.config.url)
         return DriverState(
             vm_name=self.vm_name,
             task_config=self.config,
