@@ -31,7 +31,7 @@ from tart_trio._model import (
 )
 from tart_trio._policy import check_task, share_command_dirs, share_with_tart_user
 from tart_trio._pulls import Pulls
-from tart_trio._reconcile import run_reconciler
+from tart_trio._reconcile import OUR_NAME, run_reconciler
 from tart_trio._recovery import recover_runner
 from tart_trio._slots import MacOSSlots
 from tart_trio._state import DriverState, decode_state, encode_state
@@ -413,9 +413,15 @@ class Driver:
         if len(parts) < 2 or not parts[0] or not parts[1]:
             return
         task = NomadTask(id=task_id, alloc_id=parts[0], name=parts[1], alloc_dir="")
-        tart = self._tart()
+        try:
+            tart = self._tart()
+        except TartTrioError as exc:
+            log.warning("cannot remove the VM of an unknown task", extra={"error": str(exc)})
+            return
         for name in reversed(vm_names(task.alloc_id, task.name)):
-            if name in self._vm_names or not await trio.Path(tart.vm_dir(name)).exists():
+            if not OUR_NAME.match(name) or name in self._vm_names:
+                continue
+            if not await trio.Path(tart.vm_dir(name)).exists():
                 continue
             left = await processes.find(name, tart.path)
             if {p.owner for p in left} - {None, owner_of(task)}:
