@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from tart_trio._fifo import FifoWriter
-from tart_trio._guest.sink import Checkpoints, Sink
+from tart_trio._guest.sink import STALL_SECONDS, Checkpoints, Sink
 
 
 async def read_all(reader: int, into: bytearray, size: int) -> None:
@@ -50,21 +51,23 @@ async def test_a_slow_reader_pauses_the_producer_and_loses_nothing(tmp_path: Pat
 
 
 async def test_a_stuck_or_absent_collector_drops_output_only_after_the_stall_limit(
-    tmp_path: Path,
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     fifo = tmp_path / "out.fifo"
     os.mkfifo(fifo)
     reports: list[str] = []
-    sink = Sink(str(fifo), "stderr", reports.append, stall_seconds=0.5)
+    sink = Sink(str(fifo), "stderr", reports.append)  # the real limit, on a virtual clock
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sink.run)
+        began = trio.current_time()
         sink.feed(b"while nobody reads\n")
-        await trio.sleep(0.2)
+        await trio.sleep(STALL_SECONDS - 1)
         assert sink.writer.pending and not reports, "held, not dropped, within the limit"
         with trio.fail_after(5):
             while not reports:
                 await trio.sleep(0.05)
-        assert "took no stderr output for 0s (there is no reader on the FIFO)" in reports[0]
+        assert trio.current_time() - began >= STALL_SECONDS
+        assert "took no stderr output for 60s (there is no reader on the FIFO)" in reports[0]
         assert sink.writer.dropped == len(b"while nobody reads\n") and sink.gate.is_open
         sink.feed(b"dropped too\n")
         assert sink.writer.pending == 0, "while stalled, output is dropped at once"
