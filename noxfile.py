@@ -1,8 +1,14 @@
-"""Developer sessions. They run in the current environment (``scripts/dev.sh setup``)."""
+"""Developer sessions. They run in the current environment (``scripts/dev.sh setup``).
+
+Every environment is installed from the lock files in ``requirements/``; ``lock`` and
+``upgrade`` write them, ``newest`` is the one session that deliberately ignores them.
+"""
 
 from __future__ import annotations
 
 import sys
+import tomllib
+from pathlib import Path
 
 import nox
 
@@ -11,6 +17,10 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.error_on_missing_interpreters = True
 
 PY = sys.executable
+REPO = Path(__file__).resolve().parent
+REQUIREMENTS = REPO / "requirements"
+#: The oldest Python the project supports; the locks hold for it and every newer one.
+LOCK_PYTHON = "3.11"
 
 
 @nox.session
@@ -28,7 +38,7 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole test suite, conformance against the Go stand-in included."""
+    """The whole test suite, conformance against the Go stand-in included, on both cores."""
     session.run(PY, "-m", "pytest", "-q", "--durations=10", *session.posargs)
 
 
@@ -54,3 +64,98 @@ def bench(session: nox.Session) -> None:
 def zipapp(session: nox.Session) -> None:
     """Build build/nomad-driver-tart.pyz, one file for plugin_dir (tools/build_zipapp.py -h)."""
     session.run(PY, "tools/build_zipapp.py", *session.posargs)
+
+
+def _compile(session: nox.Session, sources: list[str], output: str, *extra: str) -> None:
+    session.run(
+        PY,
+        "-m",
+        "uv",
+        "pip",
+        "compile",
+        *sources,
+        *extra,
+        "--constraint",
+        "requirements/constraints.in",
+        "--universal",
+        "--python-version",
+        LOCK_PYTHON,
+        "--generate-hashes",
+        "--no-strip-markers",
+        "--custom-compile-command",
+        "nox -s lock",
+        "--quiet",
+        "--output-file",
+        output,
+        *session.posargs,
+    )
+
+
+def _write_locks(session: nox.Session, *upgrade: str) -> None:
+    with (REPO / "pyproject.toml").open("rb") as f:
+        build_requires = tomllib.load(f)["build-system"]["requires"]
+    build_in = "requirements/build.in"
+    (REPO / build_in).write_text(
+        "# [build-system] requires of pyproject.toml, written by `nox -s lock`.\n"
+        + "\n".join(build_requires)
+        + "\n"
+    )
+    # Runtime first: the plugin's own dependencies, what the zipapp and a Mac install carry.
+    # The build backend next, for installs from source. The development lock (both of them
+    # plus the tools) is held to their pins, so that the tests run exactly what users
+    # install.
+    _compile(session, ["pyproject.toml"], "requirements/runtime.lock", *upgrade)
+    _compile(session, [build_in], "requirements/build.lock", *upgrade)
+    _compile(
+        session,
+        ["pyproject.toml", build_in],
+        "requirements/dev.lock",
+        "--extra",
+        "dev",
+        "--constraint",
+        "requirements/runtime.lock",
+        "--constraint",
+        "requirements/build.lock",
+        "--annotation-style",
+        "line",
+        *upgrade,
+    )
+
+
+@nox.session
+def lock(session: nox.Session) -> None:
+    """Re-resolve requirements/*.lock after pyproject.toml changed, keeping the pins it can."""
+    _write_locks(session)
+
+
+@nox.session
+def upgrade(session: nox.Session) -> None:
+    """Move every lock to the newest releases the ranges and constraints allow.
+
+    Then run ``scripts/dev.sh test``: it reinstalls from the new lock, and the suite shows
+    whether the new versions pass.
+    """
+    _write_locks(session, "--upgrade")
+
+
+@nox.session(venv_backend="venv")
+def newest(session: nox.Session) -> None:
+    """The plugin under the newest releases of its dependencies, ignoring every lock.
+
+    An early warning, not a gate (CI does not run it): what the next ``nox -s upgrade``
+    will bring, for the tests that run the plugin process as Nomad does.
+    """
+    session.install("--upgrade", ".", "pytest", "pytest-trio")
+    session.run("pip", "freeze")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:xdist",
+        "-o",
+        "addopts=",
+        "tests/test_plugin_process.py",
+        *session.posargs,
+    )

@@ -36,18 +36,22 @@ install_debian_packages() {
   fi
 }
 
+# The virtualenv holds exactly requirements/dev.lock (hash-checked) and the project. It is
+# made anew whenever the lock or pyproject.toml changes, so nothing outside the lock lingers.
 install_python_environment() {
-  if [ ! -x .venv/bin/python ]; then
-    log "creating .venv"
-    python3 -m venv .venv
+  local want
+  want=$(cat requirements/dev.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+  if [ -x .venv/bin/python ] && [ "$(cat .venv/.installed 2>/dev/null)" = "$want" ]; then
+    return
   fi
-  if ! .venv/bin/python -c 'import tart_trio, nox, pytest_trio' 2>/dev/null \
-      || [ pyproject.toml -nt .venv/.installed ]; then
-    log "installing the project and its development tools into .venv"
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[dev]'
-    touch .venv/.installed
-  fi
+  log "installing requirements/dev.lock and the project into a new .venv"
+  rm -rf .venv
+  python3 -m venv .venv
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-input \
+    --require-hashes --no-deps -r requirements/dev.lock
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-input \
+    --no-deps --no-build-isolation -e .
+  echo "$want" > .venv/.installed
 }
 
 setup() {
