@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import TracebackType
@@ -118,7 +119,26 @@ def setup(level: int) -> HclogHandler:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     sys.excepthook = _excepthook
     threading.excepthook = _thread_excepthook
+    warnings.showwarning = _showwarning
     return handler
+
+
+def _showwarning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Python warnings (a dependency's deprecation, say) as hclog lines, never raw text.
+
+    Python's default prints them to stderr as two plain lines, which go-plugin would log at
+    DEBUG as text of unknown origin. The warnings filters still decide what is shown.
+    """
+    logging.getLogger("warnings").warning(
+        "%s: %s", category.__name__, message, extra={"file": filename, "line": lineno}
+    )
 
 
 def _excepthook(

@@ -106,6 +106,41 @@ def test_stderr_is_hclog_json_and_a_broken_pipe_is_survived() -> None:
         assert plugin.shutdown() == 0
 
 
+# Planted as sitecustomize: a dependency that warns when the plugin imports it, as asyncssh
+# does under cryptography 51 (DSA is deprecated), and once more while the plugin serves.
+_WARNING_DEPENDENCY = """
+import sys, warnings
+
+class WarnOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "grpclib":
+            sys.meta_path.remove(self)
+            warnings.warn("grpclib: this API is deprecated", UserWarning, stacklevel=2)
+        return None
+
+sys.meta_path.insert(0, WarnOnImport())
+"""
+
+
+def test_a_dependency_warning_reaches_nomad_as_an_hclog_line(tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text(_WARNING_DEPENDENCY)
+    with running_plugin(PYTHONPATH=str(tmp_path)) as plugin:
+
+        async def info(channel: Channel) -> base_pb2.PluginInfoResponse:
+            return await base_grpc.BasePluginStub(channel).PluginInfo(base_pb2.PluginInfoRequest())
+
+        assert plugin.call(info).name == "tart"
+        assert plugin.shutdown() == 0
+        assert plugin.process.stderr is not None
+        lines = plugin.process.stderr.read().decode().splitlines()
+    entries = [json.loads(line) for line in lines]  # every line is one hclog object
+    warned = [e for e in entries if "this API is deprecated" in e["@message"]]
+    assert len(warned) == 1, lines
+    assert warned[0]["@level"] == "warn"
+    assert warned[0]["@module"] == "nomad-driver-tart.warnings"
+    assert warned[0]["@message"] == "UserWarning: grpclib: this API is deprecated"
+
+
 def test_receive_limit_is_well_above_4_mib() -> None:
     with running_plugin() as plugin:
 
