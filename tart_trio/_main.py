@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from typing import Final
 
+from tart_trio import _helpers
 from tart_trio._version import __version__
 
 MAGIC_COOKIE_KEY: Final = "NOMAD_PLUGIN_MAGIC_COOKIE"
@@ -45,9 +47,30 @@ def _log_level_arg(argv: list[str]) -> str | None:
     return None
 
 
-def main() -> None:
-    """Entry point: refuse politely outside Nomad, otherwise serve the plugin."""
+def _helper(name: str, args: list[str]) -> int:
+    """Run a helper subcommand; they import the standard library only."""
+    if name == _helpers.SUPERVISE:
+        from tart_trio import _supervisor
+
+        return _supervisor.main(args)
+    from tart_trio import _runas
+
+    return _runas.main(args)
+
+
+def main(executable: Sequence[str] | None = None) -> None:
+    """Entry point: refuse politely outside Nomad, otherwise serve the plugin.
+
+    ``executable`` is how to start this program again (the zipapp's launcher passes its
+    extracted payload); by default it is read off how Python started this process.
+    """
     argv = sys.argv[1:]
+    if argv[:1] in ([_helpers.SUPERVISE], [_helpers.RUNAS]):
+        sys.exit(_helper(argv[0], argv[1:]))
+    if executable is None:
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        executable = _helpers.invocation(sys.argv[0], spec.name if spec else None)
+    _helpers.set_executable(executable)
     if "--version" in argv or "-v" in argv:
         print(f"nomad-driver-tart {__version__}")
         sys.exit(0)

@@ -1,6 +1,6 @@
 """The per-VM supervisor: keeps ``tart run``'s exit status when no plugin is running.
 
-Started by the plugin as ``python -m tart_trio._supervisor``. It detaches (fork, new
+Started by the plugin as ``nomad-driver-tart supervise`` (see ``_helpers``). It detaches (fork, new
 session), tells the plugin its pid on stdout, runs ``tart run`` with its output going to
 the task's stderr FIFO and to a log file, forwards stop requests, and when ``tart run``
 ends writes the exit status atomically to the status file. Standard library only: it
@@ -131,7 +131,7 @@ def _run(args: argparse.Namespace, runtime: _RuntimeDir) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Detach, report our pid on stdout, then supervise the command."""
-    parser = argparse.ArgumentParser(prog="tart_trio._supervisor")
+    parser = argparse.ArgumentParser(prog="nomad-driver-tart supervise")
     parser.add_argument("--status-file", required=True)
     parser.add_argument("--pid-file", required=True)
     parser.add_argument("--log-file", required=True)
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runtime = _RuntimeDir(where.pop())
     except OSError as exc:
-        sys.stderr.write(f"tart_trio._supervisor: the runtime directory is unusable: {exc}\n")
+        sys.stderr.write(f"nomad-driver-tart supervise: the runtime directory is unusable: {exc}\n")
         return 1
     pid = os.fork()
     if pid:
@@ -161,7 +161,3 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, fd)
     os.close(devnull)
     os._exit(_run(args, runtime))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Final
 
 import trio
 
-from tart_trio import _proc
+from tart_trio import _helpers, _proc
 from tart_trio._config import TaskConfig, network_mode
 from tart_trio._errors import RecoverableError, TartTrioError
 from tart_trio._groups import single_errors
@@ -246,21 +245,21 @@ class TaskRunner:
         )
         command = [
             *self.ctx.launch_prefix,
-            sys.executable,
-            "-m",
-            "tart_trio._supervisor",
-            "--status-file",
-            str(self.runtime_dir / "status.json"),
-            "--pid-file",
-            str(self.runtime_dir / "tart-run.pid"),
-            "--log-file",
-            str(self.runtime_dir / "tart-run.log"),
-            "--stderr-fifo",
-            # With a command, stderr is the command's; tart run's output stays in its log.
-            os.devnull if self.config.command else self.task.stderr_path or os.devnull,
-            *processes.owner_argument(self.task.alloc_id, self.task.name),
-            "--",
-            *run,
+            *_helpers.command(
+                _helpers.SUPERVISE,
+                "--status-file",
+                str(self.runtime_dir / "status.json"),
+                "--pid-file",
+                str(self.runtime_dir / "tart-run.pid"),
+                "--log-file",
+                str(self.runtime_dir / "tart-run.log"),
+                "--stderr-fifo",
+                # With a command, stderr is the command's; tart run's output stays in its log.
+                os.devnull if self.config.command else self.task.stderr_path or os.devnull,
+                *processes.owner_argument(self.task.alloc_id, self.task.name),
+                "--",
+                *run,
+            ),
         ]
         result = await trio.run_process(
             command,

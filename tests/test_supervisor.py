@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import trio
 
-from tart_trio import _proc
+from tart_trio import _helpers, _proc
 from tart_trio._model import ExitResult
 from tart_trio._task import read_status
 
@@ -18,9 +17,7 @@ from tart_trio._task import read_status
 def _supervise(runtime: Path, marker: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "tart_trio._supervisor",
+            *_helpers.command(_helpers.SUPERVISE),
             "--status-file",
             str(runtime / "status.json"),
             "--pid-file",

@@ -9,7 +9,6 @@ import pwd
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import msgspec
 import pytest
 import trio
 
+from tart_trio import _helpers
 from tart_trio._config import Directory, PluginConfig, TaskConfig
 from tart_trio._errors import ConfigError
 from tart_trio._fingerprint import HOME_MISSING, fingerprint
@@ -101,9 +101,7 @@ async def test_tart_run_under_the_supervisor_runs_as_the_user(
     tart = Tart(str(fake_tart_bin), user=run_as)
     result = await trio.run_process(
         [
-            sys.executable,
-            "-m",
-            "tart_trio._supervisor",
+            *_helpers.command(_helpers.SUPERVISE),
             "--status-file",
             str(runtime / "s"),
             "--pid-file",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -18,10 +19,17 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import trio
 
 from tart_trio._version import __version__
-from tests.conformance.conftest import plugin_log
+from tests.conformance.conftest import live_supervisor_pids, plugin_log, until
 from tests.conformance.nomadsim import open_nomadsim
+from tests.conformance.test_command import COUNT, PLUGIN_CONFIG, job, numbers
+from tests.conformance.test_command import start as start_command
+from tests.conformance.test_exec import exec_task
+from tests.conformance.test_lifecycle import _variant, start, vm_names
+from tests.conformance.test_recovery import seqs
+from tests.faketart.fixtures import FakeTart
 
 REPO = Path(__file__).resolve().parent.parent
 TOOL = REPO / "tools" / "build_zipapp.py"
@@ -114,6 +122,18 @@ def _run(
 
 def _versions(cache: Path) -> list[Path]:
     return sorted(cache.iterdir())
+
+
+def argv_of(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode().split("\0")
+
+
+def in_dir(pid: int, directory: Path) -> bool:
+    """Whether a process's environment names ``directory`` (its TART_HOME, say)."""
+    try:
+        return str(directory).encode() in Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
 
 
 def test_version_without_home_extracts_next_to_the_zipapp(
@@ -246,3 +266,89 @@ def test_platform_tags_map_to_what_the_launcher_checks() -> None:
     assert tool.targets_for(["win_amd64"]) == []  # not understood: not checked
     assert tool.targets_for([]) == [(sys.platform, (os.uname().machine,))]
     assert tool.python_version("3.12") == tool.python_version("312") == (3, 12)
+
+
+async def test_a_whole_task_life_runs_from_the_zipapp(
+    zipapp_file: Path, bare_python: Path, tmp_path: Path, fake_tart: FakeTart
+) -> None:
+    """Start, logs, exec, plugin SIGKILL, recover, stop and destroy, with and without a
+    command, by a plugin that exists only as the zipapp in plugin_dir."""
+    plugin = _install(zipapp_file, tmp_path / "plugins")
+    cache = tmp_path / "cache"
+    env = fake_tart.env(base={"PATH": f"{bare_python}:{SYSTEM_PATH}", "XDG_CACHE_HOME": str(cache)})
+    log_file = tmp_path / "plugin.log"
+
+    async def launch() -> None:
+        await sim.call("launch", cmd=[str(plugin)], env=env, log_file=str(log_file))
+        await sim.call("set_config", hcl=PLUGIN_CONFIG, with_nomad_config=True)
+
+    async with open_nomadsim() as sim:
+        await launch()
+        service = await start(sim, _variant(""))
+        build = await start_command(sim, job(COUNT, "300", "0.01", "4"))
+        service_log, build_log = Path(service["stdout_log"]), Path(build["stdout_log"])
+        await until(lambda: len(seqs(service_log)) >= 3)
+        await until(lambda: len(numbers(build_log)) >= 20)
+        ran = await exec_task(sim, service["task_id"], ["/bin/echo", "from", "the guest"])
+        assert (ran["exit_code"], ran["stdout"]) == (0, b"from the guest\n")
+
+        (payload,) = _versions(cache / "nomad-driver-tart")
+        supervisors = [argv_of(pid) for pid in live_supervisor_pids() if in_dir(pid, tmp_path)]
+        assert len(supervisors) == 2
+        for argv in supervisors:
+            assert argv[1:4] == ["-I", str(payload), "supervise"], argv
+
+        await sim.call("sigkill")
+        await launch()
+        for task in (service, build):
+            await sim.call("recover_task", handle=task["handle"], drop_driver_config=True)
+        assert len(fake_tart.calls_of("run")) == 2, "recovered, not run again"
+        with trio.fail_after(60):
+            done = await sim.call("wait_task", task_id=build["task_id"])
+        assert done["result"]["exit_code"] == 4
+        assert numbers(build_log) == list(range(1, 301)), "no gap and no duplicate"
+        ran = await exec_task(sim, service["task_id"], ["/bin/echo", "recovered"])
+        assert ran["stdout"] == b"recovered\n"
+        await sim.call("stop_task", task_id=service["task_id"], timeout_seconds=5)
+        stopped = await sim.call("wait_task", task_id=service["task_id"])
+        assert stopped["result"]["exit_code"] == 0
+        for task in (service, build):
+            await sim.call("destroy_task", task_id=task["task_id"])
+        await sim.call("kill")
+    assert vm_names(fake_tart) == []
+    entries = plugin_log(log_file)
+    assert not [e for e in entries if e.get("@level") == "error"], entries
+    assert len(_versions(cache / "nomad-driver-tart")) == 1
+
+
+def test_the_extracted_payload_runs_the_run_as_helper(
+    zipapp_file: Path, bare_python: Path, tmp_path: Path
+) -> None:
+    """``runas`` from the zipapp: the helper that becomes the tart user before tart runs."""
+    if os.geteuid() != 0:
+        pytest.skip("becoming another user needs root")
+    plugin = _install(zipapp_file, tmp_path / "plugins")
+    cache = tmp_path / "cache"
+    env = {"PATH": f"{bare_python}:{SYSTEM_PATH}", "XDG_CACHE_HOME": str(cache)}
+    proc, _ = _run(plugin, "--version", env=env)
+    assert proc.returncode == 0, proc.stderr
+    (payload,) = _versions(cache / "nomad-driver-tart")
+    nobody = pwd.getpwnam("nobody")
+    ran = subprocess.run(
+        [
+            str(bare_python / "python3"),
+            str(payload),
+            "runas",
+            "nobody",
+            str(nobody.pw_uid),
+            str(nobody.pw_gid),
+            "--",
+            "/usr/bin/id",
+            "-u",
+        ],
+        env={"PATH": SYSTEM_PATH},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, f"{nobody.pw_uid}\n", "")

@@ -5,7 +5,11 @@ and its runtime dependencies installed by pip for one platform. Some dependencie
 compiled extension modules, which Python cannot import from a zip, so on first run the
 launcher extracts the payload into a per-version cache directory (atomically: a temporary
 directory, then a rename) and later runs only check that the directory exists, put it first
-on ``sys.path`` and call ``tart_trio._main:main()``.
+on ``sys.path`` and call ``tart_trio._main:main()``. The extracted payload is itself a
+runnable directory (its own ``__main__.py``): the plugin starts its helper processes as
+``python -I <payload> supervise|runas ...``.
+
+The payload's dependencies are exactly ``requirements/runtime.lock``, hash-checked.
 
 Cache directory, first usable of: ``$XDG_CACHE_HOME/nomad-driver-tart``,
 ``~/Library/Caches/nomad-driver-tart`` (macOS) or ``~/.cache/nomad-driver-tart``,
@@ -28,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,9 +54,9 @@ examples:
 
 With --platform, pip downloads wheels only (--only-binary=:all:) for that platform tag;
 give --platform more than once to accept several tags. The zipapp then runs only on that
-platform, with that Python minor version (default: this interpreter's). pip's usual
-configuration applies (PIP_INDEX_URL, PIP_FIND_LINKS for a local wheel cache, PIP_CONSTRAINT
-to pin versions).
+platform, with that Python minor version (default: this interpreter's). The dependencies
+are those of requirements/runtime.lock, hash-checked; pip's usual configuration applies
+(PIP_INDEX_URL, PIP_FIND_LINKS for a local wheel cache).
 
 The default shebang runs the first python3 on PATH; under launchd (Nomad as a daemon) that
 is Apple's /usr/bin/python3, hence --interpreter. Install: copy the file to the Nomad
@@ -227,7 +230,10 @@ def run():
         sys.path.insert(0, final)
     from tart_trio._main import main
 
-    main()
+    # The plugin's helper processes (the VM supervisor, the run-as helper) run the extracted
+    # payload directly: it is a runnable directory, and they must not look for a cache
+    # directory with the environment they get (the tart user's HOME, say).
+    main((sys.executable, "-I", final))
 
 
 run()
@@ -253,10 +259,9 @@ class BuildError(Exception):
         self.network = network
 
 
-def runtime_requirements() -> list[str]:
-    """The ``[project] dependencies`` of pyproject.toml."""
-    with (REPO / "pyproject.toml").open("rb") as f:
-        return list(tomllib.load(f)["project"]["dependencies"])
+RUNTIME_LOCK = REPO / "requirements" / "runtime.lock"
+#: The payload's own entry: ``python <payload dir>`` runs the plugin (its helper processes).
+PAYLOAD_MAIN = b"from tart_trio._main import main\n\nmain()\n"
 
 
 def python_version(text: str | None) -> tuple[int, int]:
@@ -310,7 +315,7 @@ def _pip_install(target: Path, platforms: list[str], python: str | None) -> None
         cmd += [arg for platform in platforms for arg in ("--platform", platform)]
         if python:
             cmd += ["--python-version", python]
-    cmd += runtime_requirements()
+    cmd += ["--require-hashes", "--no-deps", "-r", str(RUNTIME_LOCK)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         output = (proc.stdout + proc.stderr).strip()
@@ -365,7 +370,7 @@ def build(
         if (site / PACKAGE).exists():
             raise BuildError(f"a dependency installed a {PACKAGE} package")
         files = list(payload_files(site))
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(PAYLOAD_MAIN)
         for arcname, path in files:
             data = path.read_bytes()
             digest.update(f"{arcname}\0{len(data)}\0".encode())
@@ -386,6 +391,7 @@ def build(
             raw.write(f"#!{interpreter}\n".encode())
             with zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
                 _add(zf, "__main__.py", launcher.encode(), 0o644)
+                _add(zf, PAYLOAD + "__main__.py", PAYLOAD_MAIN, 0o644)
                 for arcname, path in files:
                     mode = stat.S_IMODE(path.stat().st_mode)
                     _add(zf, PAYLOAD + arcname, path.read_bytes(), mode)

@@ -19,9 +19,14 @@ from urllib.parse import quote, unquote
 import msgspec
 import trio
 
-from tart_trio import _proc
+from tart_trio import _helpers, _proc
 
-SUPERVISOR_MODULE = "tart_trio._supervisor"
+#: Words that mark a supervisor in a process's command line (argv joined by spaces, as
+#: ``ps`` shows it): today's subcommand, and the module path that releases before it used.
+SUPERVISOR_MARKERS = (
+    f"{_helpers.SUPERVISE} --status-file ",
+    f"-m {_helpers.LEGACY_SUPERVISOR_MODULE} ",
+)
 OWNER_FLAG = "--owner"
 
 
@@ -74,11 +79,17 @@ def _ps_commands() -> list[tuple[int, tuple[str, ...]]]:
     return found
 
 
+def is_supervisor(argv: tuple[str, ...]) -> bool:
+    """Whether a command line is a VM supervisor's, of this release or an earlier one."""
+    joined = " ".join(argv) + " "
+    return any(marker in joined for marker in SUPERVISOR_MARKERS)
+
+
 def _acts_on(argv: tuple[str, ...], vm_name: str, tart_name: str) -> bool:
     """A tart command naming the VM, or the supervisor running it (possibly wrapped)."""
     if vm_name not in argv:
         return False
-    if any(arg == SUPERVISOR_MODULE for arg in argv):
+    if is_supervisor(argv):
         return True
     at = argv.index(vm_name)
     return any(os.path.basename(arg) == tart_name for arg in argv[:at])

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 
+from tart_trio._tart import processes
 from tests.conformance.nomadsim import NomadSim, open_nomadsim
 from tests.plugin_process import plugin_command
 
@@ -38,20 +39,28 @@ async def sim() -> AsyncIterator[NomadSim]:
         yield nomad
 
 
-def _live_processes(marker: str) -> list[int]:
-    """Live (non-zombie) processes whose command line contains ``marker``."""
-    found = []
+def _live_commands() -> Iterator[tuple[int, tuple[str, ...]]]:
+    """Live (non-zombie) processes and their argv."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            raw = (entry / "cmdline").read_bytes()
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if marker in cmdline and state != "Z":
-            found.append(int(entry.name))
-    return found
+        if raw and state != "Z":
+            yield int(entry.name), tuple(raw.rstrip(b"\0").decode(errors="replace").split("\0"))
+
+
+def _live_processes(marker: str) -> list[int]:
+    """Live processes whose command line contains ``marker``."""
+    return [pid for pid, argv in _live_commands() if marker in " ".join(argv)]
+
+
+def live_supervisor_pids() -> list[int]:
+    """Live VM supervisors, recognised exactly as the driver recognises them."""
+    return [pid for pid, argv in _live_commands() if processes.is_supervisor(argv)]
 
 
 @pytest.fixture(autouse=True)
@@ -60,9 +69,7 @@ def nothing_left_behind(request: pytest.FixtureRequest, tmp_path: Path) -> Itera
     fds_before = set(os.listdir("/proc/self/fd"))
     yield
     leftovers = {
-        "supervisors": [
-            p for p in _live_processes("tart_trio._supervisor") if _in_tmp(p, tmp_path)
-        ],
+        "supervisors": [p for p in live_supervisor_pids() if _in_tmp(p, tmp_path)],
         "plugins": _children_named("nomad-driver-tart"),
     }
     home = tmp_path / "tart-home" / "vms"

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.conformance.conftest import _live_processes, launch_args, until
+from tests.conformance.conftest import launch_args, live_supervisor_pids, until
 from tests.conformance.nomadsim import NomadSim, NomadSimError
 from tests.conformance.test_lifecycle import _variant, start
 from tests.faketart.fixtures import FakeTart, needs_guest_reason
@@ -60,7 +60,7 @@ class Life:
 
 
 def live_supervisors(vm: str) -> list[int]:
-    return [p for p in _live_processes("tart_trio._supervisor") if _mentions(p, vm)]
+    return [p for p in live_supervisor_pids() if _mentions(p, vm)]
 
 
 def _mentions(pid: int, vm: str) -> bool:

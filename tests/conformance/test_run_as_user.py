@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.conformance.conftest import _live_processes, launch_args, plugin_log
+from tests.conformance.conftest import launch_args, live_supervisor_pids, plugin_log
 from tests.conformance.nomadsim import NomadSim, NomadSimError
 from tests.conformance.test_lifecycle import wait_for_text
 from tests.conformance.test_operator import attr, fingerprint, macos_release
@@ -151,7 +151,7 @@ async def test_a_task_lives_and_dies_with_tart_run_by_the_tart_user(
         assert call["env"]["HOME"] == user.pw_dir and call["env"]["USER"] == USER
         assert call["env"]["TART_HOME"] == str(host.home)
     assert list((host.home / "vms").iterdir()) == []
-    assert not [p for p in _live_processes("tart_trio._supervisor") if _mine(p, host)]
+    assert not [p for p in live_supervisor_pids() if _mine(p, host)]
 
 
 async def test_a_directory_the_tart_user_cannot_read_is_refused_before_cloning(
