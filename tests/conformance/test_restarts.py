@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.conformance.conftest import _live_processes, until
+from tests.conformance.conftest import _live_processes, live_supervisor_pids, until
 from tests.conformance.nomadsim import NomadSim, NomadSimError
 from tests.conformance.test_lifecycle import launch
 from tests.faketart.fixtures import LINUX_IMAGE, FakeTart, needs_guest_reason
@@ -143,6 +145,69 @@ async def test_a_task_that_could_not_be_recovered_loses_its_vm_at_once(
     await sim.call("destroy_task", task_id=f"{alloc.id}/c/0123abcd", force=True)
     await sim.call("recover_task", handle=a["handle"], drop_driver_config=True)
     assert fake_tart.running_vms() == {alloc.vm["a"]: a_run}
+    await sim.call("stop_task", task_id=a["task_id"], timeout_seconds=5)
+    await sim.call("destroy_task", task_id=a["task_id"])
+    assert fake_tart.tart("list", "-q", "--source", "local").stdout == ""
+
+
+#: The previous release started supervisors as ``python -m tart_trio._supervisor``; this
+#: package makes a process with that argv, served by today's supervisor.
+LEGACY_SUPERVISOR = """\
+import sys
+
+sys.path.remove({legacy!r})
+for name in [m for m in sys.modules if m == "tart_trio" or m.startswith("tart_trio.")]:
+    del sys.modules[name]
+from tart_trio._main import main
+
+sys.argv[1:1] = ["supervise"]
+main()
+"""
+
+
+async def test_a_supervisor_of_the_previous_release_is_ended_by_a_repeated_start(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    alloc = Alloc(tmp_path)
+    vm = alloc.vm["a"]
+    legacy = tmp_path / "legacy"
+    (legacy / "tart_trio").mkdir(parents=True)
+    (legacy / "tart_trio" / "__init__.py").write_text("")
+    (legacy / "tart_trio" / "_supervisor.py").write_text(
+        LEGACY_SUPERVISOR.format(legacy=str(legacy))
+    )
+    runtime = tmp_path / "legacy-runtime"
+    runtime.mkdir(mode=0o700)
+    assert fake_tart.tart("clone", LINUX_IMAGE, vm).returncode == 0
+    started = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tart_trio._supervisor",
+            *("--status-file", str(runtime / "status.json")),
+            *("--pid-file", str(runtime / "tart-run.pid")),
+            *("--log-file", str(runtime / "tart-run.log")),
+            *("--owner", f"{alloc.id}/a"),
+            "--",
+            str(fake_tart.bin_dir / "tart"),
+            *("run", vm, "--no-graphics"),
+        ],
+        env={**fake_tart.env(), "PYTHONPATH": str(legacy)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    supervisor = int(started.stdout.split()[0])
+    await until(lambda: vm in fake_tart.running_vms())
+    old_run = fake_tart.running_vms()[vm]
+    assert supervisor in live_supervisor_pids(), "recognised by its old argv"
+
+    # The upgraded plugin starts the task again: the old supervisor and its VM give way.
+    await launch(sim, fake_tart, tmp_path)
+    a = await alloc.start(sim, "a")
+    assert supervisor not in live_supervisor_pids()
+    assert fake_tart.running_vms()[vm] != old_run
     await sim.call("stop_task", task_id=a["task_id"], timeout_seconds=5)
     await sim.call("destroy_task", task_id=a["task_id"])
     assert fake_tart.tart("list", "-q", "--source", "local").stdout == ""
