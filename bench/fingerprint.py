@@ -19,7 +19,7 @@ import trio
 
 from bench.rig import Rig, open_rig
 from bench.util import Sample, paired_ratios
-from tart_trio._imagecache import fingerprint_attributes
+from tart_trio._images.cache import fingerprint_attributes
 from tart_trio._tart.cli import Tart
 from tests.plugin_process import plugin_command
 

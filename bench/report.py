@@ -12,7 +12,7 @@ from bench.util import fmt_bytes, fmt_seconds
 
 HANDSHAKE_VS_PASS_IMPORT = 2.0  # exec -> handshake within 2x (python -c pass + import time)
 PLUGIN_INFO_MAX = 1.0  # s, exec -> first PluginInfo through go-plugin
-IMPORT_MAX = 0.25  # s, import tart_trio._plugin
+IMPORT_MAX = 0.25  # s, import tart_trio._rpc.plugin
 DECODE_RATIO_MAX = 1.0  # msgspec Structs no slower than builtins + hand validation
 THROUGHPUT_RATIO_MIN = 0.8  # of OpenSSH's `ssh guest cat`
 CPU_PER_10K_MAX = 0.025  # s of plugin CPU per 10k log lines
@@ -178,7 +178,7 @@ class Report:
                 ),
             ],
             [
-                "`import tart_trio._plugin`",
+                "`import tart_trio._rpc.plugin`",
                 fmt_seconds(imp["median"]),
                 "—",
                 "—",
@@ -200,14 +200,14 @@ class Report:
             f"{fmt_seconds(r['plugin_launch_handshake']['median'])}, Go server "
             f"{fmt_seconds(r['go_launch_handshake']['median'])}.",
             "",
-            "Heaviest packages in one `python -X importtime -c 'import tart_trio._plugin'` "
+            "Heaviest packages in one `python -X importtime -c 'import tart_trio._rpc.plugin'` "
             f"(cumulative, a package's time includes what it imports): {heavy}.",
             "",
         )
         if not (ok_a and ok_b and ok_c):
             self.misses.append(
                 "**Plugin start.** Nearly all of the start is importing: the handshake is the "
-                "interpreter plus the import of `tart_trio._plugin` (measured "
+                "interpreter plus the import of `tart_trio._rpc.plugin` (measured "
                 f"{fmt_seconds(imp['median'])}, against an interpreter floor of "
                 f"{fmt_seconds(pp['median'])} for `python -c pass` in the same run; absolute "
                 "times scale with the machine, the handshake-to-floor ratio does not). The "
@@ -787,7 +787,7 @@ class Report:
             "(`$EPOCHREALTIME`, no fork); the VM's boot is `tart run` start until the fake "
             "reports it booted and its IP visible. Overhead = StartTask wall time minus the "
             "union of those intervals: the plugin's own work (config decode, starting the "
-            "`python -m tart_trio._supervisor` process, SSH key exchange and login, the gaps "
+            "`nomad-driver-tart supervise` process, SSH key exchange and login, the gaps "
             "between commands).",
             "",
         )

@@ -7,7 +7,7 @@ Measured in alternating runs:
 * exec -> first successful ``PluginInfo`` through nomadsim (Nomad's loader: go-plugin
   launch, handshake, gRPC connect, dispense, then the call), against exec -> dispensed
   for the Go server through the same ``launch``;
-* the import time of ``tart_trio._plugin`` in a fresh interpreter.
+* the import time of ``tart_trio._rpc.plugin`` in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from bench.util import Sample, paired_ratios
 from tests.plugin_process import nomad_env, plugin_command
 
 IMPORT_SNIPPET = (
-    "import time; t = time.perf_counter(); import tart_trio._plugin; print(time.perf_counter() - t)"
+    "import time; t = time.perf_counter(); import tart_trio._rpc.plugin; "
+    "print(time.perf_counter() - t)"
 )
 
 
@@ -69,7 +70,7 @@ def import_breakdown(top: int = 6) -> list[tuple[str, float]]:
     by depth; a module's parent is the next line with a smaller indent.
     """
     err = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import tart_trio._plugin"],
+        [sys.executable, "-X", "importtime", "-c", "import tart_trio._rpc.plugin"],
         capture_output=True,
         text=True,
         check=True,

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
-from tart_trio import _helpers
+from tart_trio._host import helpers
 from tart_trio._version import __version__
 
 MAGIC_COOKIE_KEY: Final = "NOMAD_PLUGIN_MAGIC_COOKIE"
@@ -49,13 +49,13 @@ def _log_level_arg(argv: list[str]) -> str | None:
 
 def _helper(name: str, args: list[str]) -> int:
     """Run a helper subcommand; they import the standard library only."""
-    if name == _helpers.SUPERVISE:
-        from tart_trio import _supervisor
+    if name == helpers.SUPERVISE:
+        from tart_trio._host import supervisor
 
-        return _supervisor.main(args)
-    from tart_trio import _runas
+        return supervisor.main(args)
+    from tart_trio._host import runas
 
-    return _runas.main(args)
+    return runas.main(args)
 
 
 def main(executable: Sequence[str] | None = None) -> None:
@@ -65,12 +65,12 @@ def main(executable: Sequence[str] | None = None) -> None:
     extracted payload); by default it is read off how Python started this process.
     """
     argv = sys.argv[1:]
-    if argv[:1] in ([_helpers.SUPERVISE], [_helpers.RUNAS]):
+    if argv[:1] in ([helpers.SUPERVISE], [helpers.RUNAS]):
         sys.exit(_helper(argv[0], argv[1:]))
     if executable is None:
         spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-        executable = _helpers.invocation(sys.argv[0], spec.name if spec else None)
-    _helpers.set_executable(executable)
+        executable = helpers.invocation(sys.argv[0], spec.name if spec else None)
+    helpers.set_executable(executable)
     if "--version" in argv or "-v" in argv:
         print(f"nomad-driver-tart {__version__}")
         sys.exit(0)
@@ -83,17 +83,17 @@ def main(executable: Sequence[str] | None = None) -> None:
     # Nomad shares its terminal and process group with us; Ctrl-C is the agent's to handle.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    from tart_trio import _log
+    from tart_trio._rpc import log as hclog
 
-    level_name = _log_level_arg(argv) or os.environ.get(_log.LOG_LEVEL_ENV)
-    _log.setup(_log.level_from_name(level_name))
+    level_name = _log_level_arg(argv) or os.environ.get(hclog.LOG_LEVEL_ENV)
+    hclog.setup(hclog.level_from_name(level_name))
 
     import trio
 
-    from tart_trio import _plugin
+    from tart_trio._rpc import plugin
 
     try:
-        code = trio.run(_plugin.serve, dict(os.environ))
+        code = trio.run(plugin.serve, dict(os.environ))
     except BaseException:
         import logging
 

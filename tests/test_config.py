@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from tart_trio._config import (
+from tart_trio._config.task import (
     Directory,
     DirectoryOptions,
     PluginConfig,

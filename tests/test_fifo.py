@@ -8,8 +8,8 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from tart_trio._fifo import FifoWriter
 from tart_trio._guest.sink import STALL_SECONDS, Checkpoints, Sink
+from tart_trio._host.fifo import FifoWriter
 
 
 async def read_all(reader: int, into: bytearray, size: int) -> None:

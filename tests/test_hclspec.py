@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from tart_trio._config import PluginConfig, TaskConfig
-from tart_trio._hclspec import Attr, Block, BlockList, Default, Literal, Object, object_spec
-from tart_trio._structs import Base
+from tart_trio._config.base import Base
+from tart_trio._config.hclspec import Attr, Block, BlockList, Default, Literal, Object, object_spec
+from tart_trio._config.task import PluginConfig, TaskConfig
 
 
 def _attr(spec: object) -> Attr:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from tart_trio._pulls import PROGRESS_EVENT_SECONDS, ProgressThrottle
+from tart_trio._images.pulls import PROGRESS_EVENT_SECONDS, ProgressThrottle
 
 
 def test_an_hour_long_pull_yields_an_event_every_two_minutes() -> None:

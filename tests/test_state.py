@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tart_trio._state import STATE_VERSION, decode_state, encode_state
+from tart_trio._task.state import STATE_VERSION, decode_state, encode_state
 
 GOLDEN = Path(__file__).parent / "golden"
 

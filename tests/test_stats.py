@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tart_trio._stats import HOLDERS_SECONDS, _holders_linux, _holders_lsof, snapshot
+from tart_trio._driver.stats import HOLDERS_SECONDS, _holders_linux, _holders_lsof, snapshot
 
 
 @pytest.fixture

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import trio
 
-from tart_trio import _helpers, _proc
+from tart_trio._host import helpers, proc
 from tart_trio._model import ExitResult
-from tart_trio._task import read_status
+from tart_trio._task.runner import read_status
 
 
 def _supervise(runtime: Path, marker: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
-            *_helpers.command(_helpers.SUPERVISE),
+            *helpers.command(helpers.SUPERVISE),
             "--status-file",
             str(runtime / "status.json"),
             "--pid-file",
@@ -56,7 +56,7 @@ async def test_only_a_status_file_of_our_own_is_believed(tmp_path: Path) -> None
     runtime.mkdir(mode=0o700)
     pid = int(_supervise(runtime, tmp_path / "ran").stdout.split()[0])
     with trio.fail_after(10):
-        await _proc.wait_exit(pid, None)
+        await proc.wait_exit(pid, None)
     status = runtime / "status.json"
     assert read_status(status) == ExitResult(exit_code=0)
     os.link(status, tmp_path / "second-link")  # a hard link: not a file of our own any more

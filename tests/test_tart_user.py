@@ -18,11 +18,11 @@ import msgspec
 import pytest
 import trio
 
-from tart_trio import _helpers
-from tart_trio._config import Directory, PluginConfig, TaskConfig
+from tart_trio._config.task import Directory, PluginConfig, TaskConfig
+from tart_trio._driver.fingerprint import HOME_MISSING, fingerprint
+from tart_trio._driver.policy import readable_by, share_with_tart_user
 from tart_trio._errors import ConfigError
-from tart_trio._fingerprint import HOME_MISSING, fingerprint
-from tart_trio._policy import readable_by, share_with_tart_user
+from tart_trio._host import helpers
 from tart_trio._tart.cli import RunAs, Tart, resolve_user, unreachable_user
 from tests.faketart.fixtures import MANY_GROUPS, ensure_groups, ensure_user
 
@@ -101,7 +101,7 @@ async def test_tart_run_under_the_supervisor_runs_as_the_user(
     tart = Tart(str(fake_tart_bin), user=run_as)
     result = await trio.run_process(
         [
-            *_helpers.command(_helpers.SUPERVISE),
+            *helpers.command(helpers.SUPERVISE),
             "--status-file",
             str(runtime / "s"),
             "--pid-file",

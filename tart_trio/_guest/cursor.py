@@ -17,7 +17,7 @@ from typing import Final
 
 import msgspec
 
-from tart_trio._safefs import open_own_file
+from tart_trio._host.safefs import open_own_file
 
 _TIMESTAMP: Final = re.compile(rb"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?(?:[+-]\d{4})?)\s")
 _SHOW_FOOTER: Final = (b"-----", b"Log      -", b"Activity -")

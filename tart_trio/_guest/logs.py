@@ -26,7 +26,7 @@ from tart_trio._guest.cursor import (
     resume_command,
 )
 from tart_trio._guest.sink import Checkpoints, Sink
-from tart_trio._state import DriverState
+from tart_trio._task.state import DriverState
 
 log = logging.getLogger("logs")
 RETRY_MIN: Final = 0.5

@@ -24,8 +24,8 @@ from typing import Final, Generic, TypeVar
 
 import trio
 
-from tart_trio._fifo import FifoWriter
 from tart_trio._guest.ssh import Gate
+from tart_trio._host.fifo import FifoWriter
 
 HIGH_WATER: Final = 1 << 20
 LOW_WATER: Final = 256 << 10

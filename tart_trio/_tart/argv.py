@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tart_trio._config import (
+from tart_trio._config.task import (
     SECRETS_SHARE,
     Directory,
     Network,

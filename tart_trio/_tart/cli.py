@@ -13,8 +13,8 @@ from typing import Final
 import msgspec
 import trio
 
-from tart_trio import _runas
 from tart_trio._errors import TartTrioError
+from tart_trio._host import runas
 
 HOMEBREW_TART: Final = "/opt/homebrew/bin/tart"
 HOMEBREW_BIN: Final = "/opt/homebrew/bin"
@@ -132,13 +132,13 @@ class Tart:
     def argv(self, *args: str) -> list[str]:
         """The command line that runs ``tart ARGS`` as the tart user, with all its groups.
 
-        Without ``tart_user`` that is tart itself; with it, the :mod:`tart_trio._runas`
+        Without ``tart_user`` that is tart itself; with it, the :mod:`tart_trio._host.runas`
         helper, which becomes the user and then is tart (same pid).
         """
         command = [self.path, *args]
         if self.user is None:
             return command
-        return _runas.command(self.user.name, self.user.uid, self.user.gid, command)
+        return runas.command(self.user.name, self.user.uid, self.user.gid, command)
 
     @property
     def home_dir(self) -> str:

@@ -19,13 +19,13 @@ from urllib.parse import quote, unquote
 import msgspec
 import trio
 
-from tart_trio import _helpers, _proc
+from tart_trio._host import helpers, proc
 
 #: Words that mark a supervisor in a process's command line (argv joined by spaces, as
 #: ``ps`` shows it): today's subcommand, and the module path that releases before it used.
 SUPERVISOR_MARKERS = (
-    f"{_helpers.SUPERVISE} --status-file ",
-    f"-m {_helpers.LEGACY_SUPERVISOR_MODULE} ",
+    f"{helpers.SUPERVISE} --status-file ",
+    f"-m {helpers.LEGACY_SUPERVISOR_MODULE} ",
 )
 OWNER_FLAG = "--owner"
 
@@ -102,7 +102,7 @@ def _scan(vm_name: str, tart_path: str) -> list[VMProcess]:
     found = []
     for pid, argv in commands:
         if pid != me and _acts_on(argv, vm_name, tart_name):
-            token = _proc.start_time(pid)
+            token = proc.start_time(pid)
             if token is not None:
                 found.append(VMProcess(pid=pid, token=token, argv=argv))
     return found
@@ -120,13 +120,13 @@ async def end(processes: list[VMProcess], grace: float) -> list[VMProcess]:
     VM with it); the supervisor kills its ``tart run`` and records the exit before it ends.
     """
     for process in processes:
-        _proc.signal_process(process.pid, process.token, signal.SIGTERM)
+        proc.signal_process(process.pid, process.token, signal.SIGTERM)
     with trio.move_on_after(grace):
         for process in processes:
-            await _proc.wait_exit(process.pid, process.token)
+            await proc.wait_exit(process.pid, process.token)
     for process in processes:
-        _proc.signal_process(process.pid, process.token, signal.SIGKILL)
+        proc.signal_process(process.pid, process.token, signal.SIGKILL)
     with trio.move_on_after(grace):
         for process in processes:
-            await _proc.wait_exit(process.pid, process.token)
-    return [p for p in processes if _proc.alive(p.pid, p.token)]
+            await proc.wait_exit(process.pid, process.token)
+    return [p for p in processes if proc.alive(p.pid, p.token)]

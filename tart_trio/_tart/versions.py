@@ -16,7 +16,7 @@ import os
 import re
 from typing import Final, NamedTuple
 
-from tart_trio._config import TaskConfig
+from tart_trio._config.task import TaskConfig
 from tart_trio._errors import ConfigError
 from tart_trio._tart.cli import Tart
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trio
 
-from tart_trio._fingerprint import ROOT_ON_MACOS_15
+from tart_trio._driver.fingerprint import ROOT_ON_MACOS_15
 from tests.conformance.conftest import launch_args, plugin_log
 from tests.conformance.nomadsim import NomadSim, NomadSimError
 from tests.conformance.test_lifecycle import _variant, start

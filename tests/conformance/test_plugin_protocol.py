@@ -11,7 +11,7 @@ import msgspec
 import pytest
 import trio
 
-from tart_trio._config import (
+from tart_trio._config.task import (
     Auth,
     Directory,
     DirectoryOptions,

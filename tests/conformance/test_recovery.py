@@ -13,7 +13,7 @@ import msgspec
 import pytest
 import trio
 
-from tart_trio._state import decode_state, encode_state
+from tart_trio._task.state import decode_state, encode_state
 from tests.conformance.conftest import until
 from tests.conformance.nomadsim import NomadSim, NomadSimError, SimStream
 from tests.conformance.test_lifecycle import _variant, collect, launch, start

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from google.protobuf import timestamp_pb2
 
-from tart_trio import _hclspec
+from tart_trio._config import hclspec
 from tart_trio._model import (
     Capabilities,
     ExecInput,
@@ -53,30 +53,30 @@ _HEALTH = {
 }
 
 
-def spec(node: _hclspec.Spec) -> hcl_spec_pb2.Spec:
+def spec(node: hclspec.Spec) -> hcl_spec_pb2.Spec:
     """An hclspec tree as the protobuf Nomad converts to hcldec."""
     match node:
-        case _hclspec.Object(attributes=attributes):
+        case hclspec.Object(attributes=attributes):
             return hcl_spec_pb2.Spec(
                 object=hcl_spec_pb2.Object(
                     attributes={name: spec(child) for name, child in attributes.items()}
                 )
             )
-        case _hclspec.Attr(name=name, type=type_, required=required):
+        case hclspec.Attr(name=name, type=type_, required=required):
             return hcl_spec_pb2.Spec(
                 Attr=hcl_spec_pb2.Attr(name=name, type=type_, required=required)
             )
-        case _hclspec.Default(primary=primary, default=default):
+        case hclspec.Default(primary=primary, default=default):
             return hcl_spec_pb2.Spec(
                 default=hcl_spec_pb2.Default(primary=spec(primary), default=spec(default))
             )
-        case _hclspec.Literal(value=value):
+        case hclspec.Literal(value=value):
             return hcl_spec_pb2.Spec(literal=hcl_spec_pb2.Literal(value=value))
-        case _hclspec.Block(name=name, nested=nested, required=required):
+        case hclspec.Block(name=name, nested=nested, required=required):
             return hcl_spec_pb2.Spec(
                 block_value=hcl_spec_pb2.Block(name=name, required=required, nested=spec(nested))
             )
-        case _hclspec.BlockList(name=name, nested=nested, min_items=lo, max_items=hi):
+        case hclspec.BlockList(name=name, nested=nested, min_items=lo, max_items=hi):
             return hcl_spec_pb2.Spec(
                 block_list=hcl_spec_pb2.BlockList(
                     name=name, min_items=lo, max_items=hi, nested=spec(nested)

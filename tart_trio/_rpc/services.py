@@ -10,15 +10,15 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
 from tart_trio._bridge import run_aio, run_trio
-from tart_trio._config import PluginConfig, TaskConfig
-from tart_trio._driver import Driver
-from tart_trio._grpc import convert
-from tart_trio._grpc.status import translate_errors
-from tart_trio._hclspec import object_spec
+from tart_trio._config.hclspec import object_spec
+from tart_trio._config.task import PluginConfig, TaskConfig
+from tart_trio._driver.driver import Driver
 from tart_trio._model import ExecInput, ExecStream, Fingerprint, ResourceUsage, TaskEvent
 from tart_trio._proto.hashicorp.nomad.plugins.base import base_grpc, base_pb2
 from tart_trio._proto.hashicorp.nomad.plugins.drivers import driver_grpc
 from tart_trio._proto.hashicorp.nomad.plugins.drivers import driver_pb2 as pb
+from tart_trio._rpc import convert
+from tart_trio._rpc.status import translate_errors
 
 _PLUGIN_SPEC = convert.spec(object_spec(PluginConfig))
 _TASK_SPEC = convert.spec(object_spec(TaskConfig))

@@ -22,11 +22,12 @@ from typing import Final
 import trio
 from grpclib.server import Server
 
-from tart_trio import _bridge, _log
-from tart_trio._driver import Driver
-from tart_trio._grpc.goplugin import Controller, Health, Stdio
-from tart_trio._grpc.services import BasePlugin, DriverService
-from tart_trio._grpc.status import StatusDetailsCodec
+from tart_trio import _bridge
+from tart_trio._driver.driver import Driver
+from tart_trio._rpc import log as hclog
+from tart_trio._rpc.goplugin import Controller, Health, Stdio
+from tart_trio._rpc.services import BasePlugin, DriverService
+from tart_trio._rpc.status import StatusDetailsCodec
 
 CORE_PROTOCOL: Final = 1
 APP_PROTOCOL: Final = 2
@@ -70,7 +71,7 @@ async def serve(env: Mapping[str, str]) -> int:
     tls: ssl.SSLContext | None = None
     cert: str | None = None
     if env.get("PLUGIN_CLIENT_CERT"):
-        from tart_trio._mtls import server_context
+        from tart_trio._rpc.mtls import server_context
 
         tls, cert = server_context(env["PLUGIN_CLIENT_CERT"])
     driver = Driver()
@@ -93,7 +94,7 @@ async def serve(env: Mapping[str, str]) -> int:
                 _share_with_group(path, env["PLUGIN_UNIX_SOCKET_GROUP"])
             sys.stdout.write(handshake_line(app, path, cert) + "\n")
             sys.stdout.flush()
-            _log.stdout_to_stderr()
+            hclog.stdout_to_stderr()
             log.info("plugin serving", extra={"socket": str(path), "tls": tls is not None})
             await stop.wait()
             log.info("shutdown requested by the host")

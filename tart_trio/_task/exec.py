@@ -29,7 +29,7 @@ from tart_trio._model import (
 )
 
 if TYPE_CHECKING:
-    from tart_trio._task import TaskRunner
+    from tart_trio._task.runner import TaskRunner
 
 #: ExecTask keeps at most this many bytes of each of stdout and stderr; the rest is read
 #: and dropped (the command is not stopped, and truncation is not an error).

@@ -24,11 +24,12 @@ from typing import Final
 
 import trio
 
-from tart_trio import _session, _softnet
-from tart_trio._config import PluginConfig
+from tart_trio._config.task import PluginConfig
 from tart_trio._errors import TartTrioError
-from tart_trio._imagecache import fingerprint_attributes
+from tart_trio._host import login
+from tart_trio._images.cache import fingerprint_attributes
 from tart_trio._model import AttributeValue, Fingerprint
+from tart_trio._tart import softnet as softnet_tool
 from tart_trio._tart import versions
 from tart_trio._tart.cli import Tart, UnknownUser, locate_tart, resolve_user, unreachable_user
 from tart_trio._tart.vms import running_macos_vms
@@ -208,9 +209,9 @@ async def softnet(probe: Probe) -> Finding:
     others and says why.
     """
     key = f"{PREFIX}.softnet"
-    if not set(_softnet.MODES) & set(probe.config.allowed_network_modes):
+    if not set(softnet_tool.MODES) & set(probe.config.allowed_network_modes):
         return Finding({key: False})
-    found = await _softnet.check(probe.tart)
+    found = await softnet_tool.check(probe.tart)
     if found.runs:
         return Finding({key: True})
     return Finding({key: False}, notice=f"{SOFTNET_UNAVAILABLE} {found.problem}")
@@ -226,7 +227,7 @@ def _user_name(uid: int) -> str:
 async def login_session(probe: Probe) -> Finding:
     """Whether the user that runs tart has a GUI login session, which macOS 15.2 and later
     guests need (on macOS 15 and later hosts), and whether tart runs in it."""
-    launchctl = _session.launchctl(probe.tart.env)
+    launchctl = login.launchctl(probe.tart.env)
     if launchctl is None:
         if probe.config.run_in_login_session:
             return Finding(problem=NO_LAUNCHCTL)
@@ -235,7 +236,7 @@ async def login_session(probe: Probe) -> Finding:
     uid = user.uid if user is not None else os.geteuid()
     if uid == 0:
         return Finding()  # root has no login session of its own: see root_on_macos_15
-    logged_in = await _session.logged_in(launchctl, uid)
+    logged_in = await login.logged_in(launchctl, uid)
     attributes = {f"{PREFIX}.login_session": logged_in}
     if _major(probe.macos_version) < 15:
         return Finding(attributes)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from tart_trio._errors import TartTrioError
+from tart_trio._host.safefs import make_private_dir
 from tart_trio._model import ExitResult
-from tart_trio._safefs import make_private_dir
-from tart_trio._state import DriverState
-from tart_trio._task import TaskRunner
+from tart_trio._task.runner import TaskRunner
+from tart_trio._task.state import DriverState
 
 
 class PullOnlyRunner(TaskRunner):

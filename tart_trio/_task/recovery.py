@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tart_trio import _proc
 from tart_trio._errors import TartTrioError
+from tart_trio._host import proc
 from tart_trio._model import ExitResult, NomadTask
-from tart_trio._state import DriverState
-from tart_trio._task import TaskContext, TaskRunner, read_status
-from tart_trio._warm import PullOnlyRunner
+from tart_trio._task.pull_only import PullOnlyRunner
+from tart_trio._task.runner import TaskContext, TaskRunner, read_status
+from tart_trio._task.state import DriverState
 
 
 class VMVanished(TartTrioError):
@@ -32,7 +32,7 @@ async def recover_runner(
         return done
     runner = TaskRunner(task, state.task_config, state.vm_name, ctx, emit)
     runner.adopt(state)
-    if _proc.alive(state.supervisor_pid, state.supervisor_token):
+    if proc.alive(state.supervisor_pid, state.supervisor_token):
         emit(f"Reattached to VM {state.vm_name}", {"vm": state.vm_name})
         return runner
     status = read_status(Path(state.status_file))

@@ -14,9 +14,9 @@ from typing import Annotated, ClassVar, Final
 import msgspec
 from msgspec import Meta
 
-from tart_trio._durations import parse_duration
+from tart_trio._config.base import Base
+from tart_trio._config.durations import parse_duration
 from tart_trio._errors import ConfigError
-from tart_trio._structs import Base
 
 NAT_MODES: Final = ("shared", "nat", "default")
 NETWORK_MODES: Final = (*NAT_MODES, "host", "bridged", "softnet")

@@ -20,13 +20,13 @@ from typing import Final
 import msgspec
 import trio
 
-from tart_trio._config import TaskConfig
+from tart_trio._config.task import TaskConfig
 from tart_trio._errors import RecoverableError, TartTrioError
 from tart_trio._guest import command, ssh
 from tart_trio._guest.sink import Sink
+from tart_trio._host.safefs import open_own_file
 from tart_trio._model import ExitResult, TaskEnv
-from tart_trio._safefs import open_own_file
-from tart_trio._state import DriverState
+from tart_trio._task.state import DriverState
 
 log = logging.getLogger("task")
 

@@ -10,12 +10,16 @@ from typing import Final
 
 import trio
 
-from tart_trio import _capabilities as capabilities
-from tart_trio import _diskspace, _fingerprint, _imagecache, _prepull, _session, _stats
-from tart_trio._config import PluginConfig, decode_plugin_config, decode_task_config
+from tart_trio._config.task import PluginConfig, decode_plugin_config, decode_task_config
+from tart_trio._driver import capabilities, fingerprint, stats
+from tart_trio._driver.events import EventBus
+from tart_trio._driver.policy import check_task, share_command_dirs, share_with_tart_user
+from tart_trio._driver.reconcile import OUR_NAME, run_reconciler
 from tart_trio._errors import TartTrioError, TaskNotFound
-from tart_trio._events import EventBus
-from tart_trio._guest import exec as _exec
+from tart_trio._host import diskspace, login
+from tart_trio._images import cache as imagecache
+from tart_trio._images import prepull
+from tart_trio._images.pulls import Pulls
 from tart_trio._model import (
     Capabilities,
     ExecOutput,
@@ -29,17 +33,15 @@ from tart_trio._model import (
     TaskEvent,
     TaskStatus,
 )
-from tart_trio._policy import check_task, share_command_dirs, share_with_tart_user
-from tart_trio._pulls import Pulls
-from tart_trio._reconcile import OUR_NAME, run_reconciler
-from tart_trio._recovery import recover_runner
-from tart_trio._slots import MacOSSlots
-from tart_trio._state import DriverState, decode_state, encode_state
 from tart_trio._tart import processes, vms
 from tart_trio._tart.cli import Tart, TartNotFound, locate_tart, resolve_user
-from tart_trio._task import FORCE_SECONDS, TaskContext, TaskRunner
+from tart_trio._task import exec as task_exec
+from tart_trio._task.pull_only import PullOnlyRunner
+from tart_trio._task.recovery import recover_runner
+from tart_trio._task.runner import FORCE_SECONDS, TaskContext, TaskRunner
+from tart_trio._task.slots import MacOSSlots
+from tart_trio._task.state import DriverState, decode_state, encode_state
 from tart_trio._version import __version__
-from tart_trio._warm import PullOnlyRunner
 
 NAME: Final = "tart"
 API_VERSIONS: Final = ("v0.1.0",)
@@ -111,7 +113,7 @@ class Driver:
             # Only the client's real plugin instance (SetConfig with nomad_config) manages
             # VMs on its own; the throwaway fingerprint and validation launches never do.
             await self._serving.wait()
-            nursery.start_soon(_prepull.keep_images, self._prepull_context())
+            nursery.start_soon(prepull.keep_images, self._prepull_context())
             await run_reconciler(
                 self._tart, lambda: set(self._vm_names), lambda: self.config.gc_config
             )
@@ -136,7 +138,7 @@ class Driver:
         self.api_version = api_version
         if client_ports is not None:
             self.client_port_range = client_ports
-            self.host_compute = _stats.host_compute(*topology) if topology else None
+            self.host_compute = stats.host_compute(*topology) if topology else None
             self._serving.set()
         self._fingerprint_soon()
         self._new_config.set()  # the pre-pull follows a new image list at once
@@ -170,9 +172,9 @@ class Driver:
         unexpected = _Unexpected("Fingerprint")
         while True:
             changed = self._config_changed
-            current = self.slots.apply(await _fingerprint.safe_fingerprint(self.config))
+            current = self.slots.apply(await fingerprint.safe_fingerprint(self.config))
             try:
-                await deliver(_fingerprint.with_removals(current, reported))
+                await deliver(fingerprint.with_removals(current, reported))
             except Exception as exc:
                 unexpected(exc)
             else:
@@ -214,7 +216,7 @@ class Driver:
             provision_lock=self._provision_lock,
             slots=self.slots,
             launch_prefix=self._launch_prefix(tart),
-            disk_reserve=_diskspace.reserve_bytes(tart.home_dir, self.config.disk_reserve),
+            disk_reserve=diskspace.reserve_bytes(tart.home_dir, self.config.disk_reserve),
         )
 
     def _launch_prefix(self, tart: Tart) -> tuple[str, ...]:
@@ -222,23 +224,23 @@ class Driver:
         when launchctl is missing)."""
         if not self.config.run_in_login_session or tart.user is None:
             return ()
-        launchctl = _session.launchctl(tart.env)
-        return () if launchctl is None else tuple(_session.in_session_of(launchctl, tart.user.uid))
+        launchctl = login.launchctl(tart.env)
+        return () if launchctl is None else tuple(login.in_session_of(launchctl, tart.user.uid))
 
     # ---- images ------------------------------------------------------------------------
 
-    def _prepull_context(self) -> _prepull.PrePullContext:
+    def _prepull_context(self) -> prepull.PrePullContext:
         assert self._pulls is not None
 
         def space_check(tart: Tart, url: str) -> Callable[[int], None]:
-            reserve = _diskspace.reserve_bytes(tart.home_dir, self.config.disk_reserve)
+            reserve = diskspace.reserve_bytes(tart.home_dir, self.config.disk_reserve)
 
             def check(needed: int) -> None:
-                _diskspace.require(tart.home_dir, reserve, needed, f"pulling {url}")
+                diskspace.require(tart.home_dir, reserve, needed, f"pulling {url}")
 
             return check
 
-        return _prepull.PrePullContext(
+        return prepull.PrePullContext(
             config=lambda: self.config,
             tart=self._tart,
             pulls=self._pulls,
@@ -263,8 +265,8 @@ class Driver:
             # no clone runs while Tart prunes, and every task that needs an image is in
             # the task table before it looks for it
             async with self._provision_lock:
-                removed = await _imagecache.prune_to_budget(
-                    self._tart(), budget * _diskspace.GB, self._images_in_use()
+                removed = await imagecache.prune_to_budget(
+                    self._tart(), budget * diskspace.GB, self._images_in_use()
                 )
         except Exception as exc:
             log.warning("pruning the image cache failed", extra={"error": str(exc)})
@@ -463,8 +465,8 @@ class Driver:
     ) -> None:
         """Sample the VM's processes every ``interval`` until the task ends or we are cancelled."""
         runner = self._runner(task_id)
-        compute = self.host_compute or _stats.task_compute(runner.task)
-        sampler = _stats.Sampler(runner.process_roots, compute)
+        compute = self.host_compute or stats.task_compute(runner.task)
+        sampler = stats.Sampler(runner.process_roots, compute)
         unexpected = _Unexpected("TaskStats")
         while not runner.exited.is_set():
             try:
@@ -478,15 +480,15 @@ class Driver:
         self, task_id: str, command: Sequence[str], time_limit: float
     ) -> ExecOutput:
         """Run a command in the guest (script checks); killed there after ``time_limit`` s."""
-        return await _exec.run_command(self._runner(task_id), command, time_limit)
+        return await task_exec.run_command(self._runner(task_id), command, time_limit)
 
     async def exec_streaming(
         self,
         task_id: str,
         command: Sequence[str],
         tty: bool,
-        receive: _exec.Receive,
-        send: _exec.Send,
+        receive: task_exec.Receive,
+        send: task_exec.Send,
     ) -> ExitResult:
         """``nomad alloc exec``: an interactive session in the guest until the command ends."""
-        return await _exec.run_session(self._runner(task_id), command, tty, receive, send)
+        return await task_exec.run_session(self._runner(task_id), command, tty, receive, send)

@@ -11,10 +11,9 @@ from typing import Final
 
 import trio
 
-from tart_trio import _softnet
-from tart_trio._config import TaskConfig, network_mode
+from tart_trio._config.task import TaskConfig, network_mode
 from tart_trio._errors import ConfigError, TartTrioError
-from tart_trio._tart import versions
+from tart_trio._tart import softnet, versions
 from tart_trio._tart.cli import Tart
 
 CALL_SECONDS: Final = 30.0
@@ -29,9 +28,9 @@ async def check_task(config: TaskConfig, tart: Tart) -> None:
         raise TartTrioError(too_old)
     versions.check_task(config, installed)
     mode = network_mode(config.network)
-    if mode in _softnet.MODES:
+    if mode in softnet.MODES:
         with trio.fail_after(CALL_SECONDS):
-            found = await _softnet.check(tart)
+            found = await softnet.check(tart)
         if not found.runs:
             raise ConfigError(
                 "network.mode",

@@ -14,7 +14,7 @@ from typing import Annotated, Final, Union, get_args, get_origin
 
 import msgspec
 
-from tart_trio._structs import Base
+from tart_trio._config.base import Base
 
 
 class Attr(msgspec.Struct, frozen=True):

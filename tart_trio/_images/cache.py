@@ -20,8 +20,8 @@ from typing import Final
 
 import trio
 
-from tart_trio._diskspace import GB, free_bytes
 from tart_trio._errors import TartTrioError
+from tart_trio._host.diskspace import GB, free_bytes
 from tart_trio._model import AttributeValue
 from tart_trio._tart import images
 from tart_trio._tart.cli import Tart

@@ -8,9 +8,9 @@ import os
 import stat
 from typing import Final
 
-from tart_trio._config import PluginConfig, TaskConfig, network_mode
+from tart_trio._config.task import PluginConfig, TaskConfig, network_mode
+from tart_trio._driver.reconcile import OUR_NAME
 from tart_trio._errors import ConfigError
-from tart_trio._reconcile import OUR_NAME
 from tart_trio._tart.cli import RunAs
 from tart_trio._tart.images import is_remote
 

@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from tart_trio import _diskspace
-from tart_trio._config import TaskConfig
+from tart_trio._config.task import TaskConfig
 from tart_trio._errors import ConfigError, RecoverableError, TartTrioError
+from tart_trio._host import diskspace
+from tart_trio._images.pulls import ProgressThrottle, PullListener
 from tart_trio._model import NomadTask
-from tart_trio._pulls import ProgressThrottle, PullListener
 from tart_trio._tart import argv as tart_argv
 from tart_trio._tart import images, processes, vms
 from tart_trio._tart.cli import Tart, TartCommandError
 
 if TYPE_CHECKING:
-    from tart_trio._task import TaskContext
+    from tart_trio._task.runner import TaskContext
 
 log = logging.getLogger("task")
 
@@ -161,8 +161,8 @@ class Provisioner:
         if config is not None and config.get("os") == "darwin":
             self._check_minimums(url, config)
         source = images.cache_path(tart, url) if images.is_remote(url) else tart.vm_dir(url)
-        cost = _diskspace.clone_cost(images.allocated_bytes(source))
-        _diskspace.require(tart.home_dir, self.ctx.disk_reserve, cost, f"cloning {url}")
+        cost = diskspace.clone_cost(images.allocated_bytes(source))
+        diskspace.require(tart.home_dir, self.ctx.disk_reserve, cost, f"cloning {url}")
 
     def _check_minimums(self, url: str, config: dict[str, object]) -> None:
         """Tart refuses less memory or CPU than a macOS image's minimum (VMConfig.swift)."""
@@ -243,7 +243,7 @@ class Provisioner:
                     listener=listener,
                     check_space=self._space_check(tart, url),
                 )
-        except _diskspace.NotEnoughSpace as exc:
+        except diskspace.NotEnoughSpace as exc:
             self._emit(f"Downloading image {url} failed: {exc}", {"image": url})
             raise
         except TartCommandError as exc:
@@ -256,7 +256,7 @@ class Provisioner:
         home, reserve = tart.home_dir, self.ctx.disk_reserve
 
         def check(needed: int) -> None:
-            _diskspace.require(home, reserve, needed, f"pulling {url}")
+            diskspace.require(home, reserve, needed, f"pulling {url}")
 
         return check
 

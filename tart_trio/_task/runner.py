@@ -23,23 +23,23 @@ from typing import Final
 
 import trio
 
-from tart_trio import _helpers, _proc
-from tart_trio._config import TaskConfig, network_mode
+from tart_trio._config.task import TaskConfig, network_mode
 from tart_trio._errors import RecoverableError, TartTrioError
 from tart_trio._groups import single_errors
 from tart_trio._guest import command, disk, session, ssh
 from tart_trio._guest.logs import pump_logs
 from tart_trio._guest.sink import Sink
-from tart_trio._job import CommandJob
+from tart_trio._host import helpers, proc
+from tart_trio._host.safefs import make_private_dir, open_own_file
+from tart_trio._images.pulls import Pulls
 from tart_trio._model import ExitResult, NomadTask, TaskEnv, TaskPhase
-from tart_trio._provision import Provisioner
-from tart_trio._pulls import Pulls
-from tart_trio._safefs import make_private_dir, open_own_file
-from tart_trio._slots import MacOSSlots
-from tart_trio._state import DriverState
 from tart_trio._tart import argv as tart_argv
 from tart_trio._tart import processes, versions, vms
 from tart_trio._tart.cli import Tart, TartCommandError
+from tart_trio._task.job import CommandJob
+from tart_trio._task.provision import Provisioner
+from tart_trio._task.slots import MacOSSlots
+from tart_trio._task.state import DriverState
 
 log = logging.getLogger("task")
 
@@ -245,8 +245,8 @@ class TaskRunner:
         )
         command = [
             *self.ctx.launch_prefix,
-            *_helpers.command(
-                _helpers.SUPERVISE,
+            *helpers.command(
+                helpers.SUPERVISE,
                 "--status-file",
                 str(self.runtime_dir / "status.json"),
                 "--pid-file",
@@ -275,7 +275,7 @@ class TaskRunner:
             why = result.stderr.decode(errors="replace").strip() or "it reported no pid"
             raise TartTrioError(f"cannot start the VM supervisor: {why}")
         pid = int(reported[0])
-        self.supervisor = (pid, _proc.start_time(pid))
+        self.supervisor = (pid, proc.start_time(pid))
         return self.supervisor
 
     async def _wait_reachable(
@@ -284,7 +284,7 @@ class TaskRunner:
         outcome: list[tuple[str, str]] = []
 
         async def watch_early_exit(scope: trio.CancelScope) -> None:
-            await _proc.wait_exit(supervisor_pid, token)
+            await proc.wait_exit(supervisor_pid, token)
             scope.cancel()
 
         async def discover(scope: trio.CancelScope) -> None:
@@ -364,7 +364,7 @@ class TaskRunner:
                     nursery.start_soon(
                         pump_logs, state, self.config.log_command, self._emit, stdout
                     )
-                await _proc.wait_exit(state.supervisor_pid, state.supervisor_token)
+                await proc.wait_exit(state.supervisor_pid, state.supervisor_token)
                 nursery.cancel_scope.cancel()
         finally:
             stdout.close()
@@ -408,12 +408,12 @@ class TaskRunner:
         if self.supervisor is None:
             return
         pid, token = self.supervisor
-        if not _proc.alive(pid, token):
+        if not proc.alive(pid, token):
             return
         await self._tart_stop(grace)
         with trio.move_on_after(grace + FORCE_SECONDS):
-            await _proc.wait_exit(pid, token)
-        if _proc.alive(pid, token):
+            await proc.wait_exit(pid, token)
+        if proc.alive(pid, token):
             await self._force_down()
 
     def finish(self, result: ExitResult) -> None:
@@ -550,9 +550,9 @@ class TaskRunner:
         if self.supervisor is None:
             return
         pid, token = self.supervisor
-        _proc.signal_process(pid, token, signal.SIGTERM)
+        proc.signal_process(pid, token, signal.SIGTERM)
         with trio.move_on_after(FORCE_SECONDS):
-            await _proc.wait_exit(pid, token)
+            await proc.wait_exit(pid, token)
 
     async def _delete_vm(self) -> None:
         await vms.delete_vm(self.ctx.tart, self.vm_name)

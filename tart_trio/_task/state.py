@@ -14,7 +14,7 @@ from typing import Final
 
 import msgspec
 
-from tart_trio._config import TaskConfig
+from tart_trio._config.task import TaskConfig
 
 STATE_VERSION: Final = 1
 

@@ -24,8 +24,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from tart_trio._fifo import FifoWriter
-from tart_trio._safefs import open_own_file, open_private_dir
+from tart_trio._host.fifo import FifoWriter
+from tart_trio._host.safefs import open_own_file, open_private_dir
 
 _CHUNK = 65536
 

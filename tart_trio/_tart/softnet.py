@@ -21,7 +21,7 @@ from typing import Final, NamedTuple
 
 import trio
 
-from tart_trio import _runas
+from tart_trio._host import runas
 from tart_trio._tart.cli import Tart
 
 MODES: Final = ("softnet", "host")
@@ -59,7 +59,7 @@ async def _passwordless_sudo(tart: Tart, path: str, info: os.stat_result) -> boo
     if sudo is not None:
         argv = [sudo, "--non-interactive", path, "--help"]
         if tart.user is not None:
-            argv = _runas.command(tart.user.name, tart.user.uid, tart.user.gid, argv)
+            argv = runas.command(tart.user.name, tart.user.uid, tart.user.gid, argv)
         with trio.move_on_after(SUDO_SECONDS):
             result = await trio.run_process(
                 argv,

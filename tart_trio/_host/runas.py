@@ -22,12 +22,12 @@ from __future__ import annotations
 import os
 import sys
 
-from tart_trio import _helpers
+from tart_trio._host import helpers
 
 
 def command(name: str, uid: int, gid: int, argv: list[str]) -> list[str]:
     """The argv that runs ``argv`` as the user ``name`` (``uid``, ``gid``) with its groups."""
-    return _helpers.command(_helpers.RUNAS, name, str(uid), str(gid), "--", *argv)
+    return helpers.command(helpers.RUNAS, name, str(uid), str(gid), "--", *argv)
 
 
 def main(args: list[str]) -> int:
