@@ -11,7 +11,7 @@ import trio
 
 from tart_trio._host import helpers, proc
 from tart_trio._model import ExitResult
-from tart_trio._task.runner import read_status
+from tart_trio._task.boot import read_status
 
 
 def _supervise(runtime: Path, marker: Path) -> subprocess.CompletedProcess[str]:

@@ -36,9 +36,10 @@ from tart_trio._model import (
 from tart_trio._tart import processes, vms
 from tart_trio._tart.cli import Tart, TartNotFound, locate_tart, resolve_user
 from tart_trio._task import exec as task_exec
+from tart_trio._task.context import TaskContext
 from tart_trio._task.pull_only import PullOnlyRunner
 from tart_trio._task.recovery import recover_runner
-from tart_trio._task.runner import FORCE_SECONDS, TaskContext, TaskRunner
+from tart_trio._task.runner import FORCE_SECONDS, TaskRunner
 from tart_trio._task.slots import MacOSSlots
 from tart_trio._task.state import DriverState, decode_state, encode_state
 from tart_trio._version import __version__

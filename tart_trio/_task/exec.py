@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import trio
 
@@ -27,9 +27,7 @@ from tart_trio._model import (
     StdinData,
     TerminalResize,
 )
-
-if TYPE_CHECKING:
-    from tart_trio._task.runner import TaskRunner
+from tart_trio._task.runner import TaskRunner
 
 #: ExecTask keeps at most this many bytes of each of stdout and stderr; the rest is read
 #: and dropped (the command is not stopped, and truncation is not an error).

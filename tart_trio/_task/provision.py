@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import trio
 
@@ -23,9 +23,7 @@ from tart_trio._model import NomadTask
 from tart_trio._tart import argv as tart_argv
 from tart_trio._tart import images, processes, vms
 from tart_trio._tart.cli import Tart, TartCommandError
-
-if TYPE_CHECKING:
-    from tart_trio._task.runner import TaskContext
+from tart_trio._task.context import TaskContext
 
 log = logging.getLogger("task")
 

@@ -8,8 +8,10 @@ from pathlib import Path
 from tart_trio._errors import TartTrioError
 from tart_trio._host import proc
 from tart_trio._model import ExitResult, NomadTask
+from tart_trio._task.boot import read_status
+from tart_trio._task.context import TaskContext
 from tart_trio._task.pull_only import PullOnlyRunner
-from tart_trio._task.runner import TaskContext, TaskRunner, read_status
+from tart_trio._task.runner import TaskRunner
 from tart_trio._task.state import DriverState
 
 

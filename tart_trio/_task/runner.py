@@ -3,56 +3,43 @@
 A TaskRunner runs in the driver's nursery. Its own nursery owns the exit watcher, the
 guest log stream and nothing else, so stopping or destroying a task is one cancel. The VM
 itself deliberately outlives the plugin process: ``tart run`` belongs to a detached
-supervisor that records its exit status (see ``_supervisor``).
+supervisor that records its exit status (``_host.supervisor``). Starting the VM is
+``boot``'s, its bundle ``provision``'s, the task's command ``job``'s.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
 import trio
 
-from tart_trio._config.task import TaskConfig, network_mode
+from tart_trio._config.task import TaskConfig
 from tart_trio._errors import RecoverableError, TartTrioError
-from tart_trio._groups import single_errors
-from tart_trio._guest import command, disk, session, ssh
+from tart_trio._guest import command, session, ssh
 from tart_trio._guest.logs import pump_logs
 from tart_trio._guest.sink import Sink
-from tart_trio._host import helpers, proc
-from tart_trio._host.safefs import make_private_dir, open_own_file
-from tart_trio._images.pulls import Pulls
+from tart_trio._host import proc
+from tart_trio._host.safefs import make_private_dir
 from tart_trio._model import ExitResult, NomadTask, TaskEnv, TaskPhase
-from tart_trio._tart import argv as tart_argv
-from tart_trio._tart import processes, versions, vms
-from tart_trio._tart.cli import Tart, TartCommandError
+from tart_trio._tart import vms
+from tart_trio._task.boot import Boot, read_status, tail
+from tart_trio._task.context import TaskContext
 from tart_trio._task.job import CommandJob
 from tart_trio._task.provision import Provisioner
-from tart_trio._task.slots import MacOSSlots
 from tart_trio._task.state import DriverState
 
 log = logging.getLogger("task")
 
-FAILED_TO_START: Final = "The virtual machine failed to start."
-MACOS_START_HINT: Final = (
-    "macOS 15.2 and later guests start only in the GUI login session of the user that runs "
-    "tart, or with its login keychain unlocked: see driver.tart.login_session and the "
-    "plugin option run_in_login_session"
-)
 FORCE_SECONDS: Final = 15.0
 SHUTDOWN_SSH_SECONDS: Final = 5.0
-#: How long growing a macOS guest's APFS container may take (repairDisk, resizeContainer).
-GROW_DISK_SECONDS: Final = 300.0
 GRACEFUL_SIGNALS: Final = frozenset({"", "SIGINT", "SIGTERM", "SIGQUIT", "INT", "TERM", "QUIT"})
 POWER_OFF_SIGNALS: Final = frozenset({"SIGKILL", "KILL"})
 #: With a command: how long `tart stop` waits before it kills `tart run` (the VM, whose
@@ -62,25 +49,6 @@ POWER_OFF_GRACE: Final = 2.0
 
 class TaskStopped(TartTrioError):
     """The task was stopped before it finished starting."""
-
-
-@dataclass(frozen=True)
-class TaskContext:
-    """What a task needs from the driver: tart, shared pulls and the plugin's timeouts."""
-
-    tart: Tart
-    pulls: Pulls
-    boot_timeout: float
-    pull_timeout: float
-    pull_inactivity: float
-    max_macos_vms: int
-    launch_lock: trio.Lock
-    provision_lock: trio.Lock
-    slots: MacOSSlots
-    #: Before the supervisor's command: starts it in tart_user's login session
-    #: (``run_in_login_session``), so that ``tart run`` runs there.
-    launch_prefix: tuple[str, ...] = ()
-    disk_reserve: int = 0
 
 
 def _now() -> datetime:
@@ -115,7 +83,7 @@ class TaskRunner:
         self._scope = trio.CancelScope()
         self._stop_requested = False
         self.provision = Provisioner(task, config, vm_name, ctx, emit, self.runtime_dir)
-        self._darwin = False
+        self.boot = Boot(task, config, vm_name, ctx, emit, self.runtime_dir)
         self.supervisor: tuple[int, str | None] | None = None
         #: The SSH connection exec sessions share; closed when the VM ends.
         self.exec_link = session.SharedGuest()
@@ -163,17 +131,18 @@ class TaskRunner:
         await self.provision.clone(tart)
         await self.provision.configure(tart)
         guest_os = await vms.vm_os(tart, self.vm_name)
-        darwin = self._darwin = guest_os == "darwin"
+        darwin = self.boot.darwin = guest_os == "darwin"
         if darwin:
             # Apple's limit: one macOS VM at a time between the slot check and tart run.
             async with self.ctx.launch_lock:
-                await self._check_macos_slots(tart)
-                supervisor_pid, token = await self._launch(tart)
+                await self.boot.check_macos_slots(tart)
+                self.supervisor = await self.boot.launch(tart)
         else:
-            supervisor_pid, token = await self._launch(tart)
+            self.supervisor = await self.boot.launch(tart)
+        supervisor_pid, token = self.supervisor
         self._emit(f"VM {self.vm_name} started", {"vm": self.vm_name})
         with trio.move_on_after(self.ctx.boot_timeout) as boot:
-            ip, host_key = await self._wait_reachable(tart, supervisor_pid, token)
+            ip, host_key = await self.boot.wait_reachable(tart, supervisor_pid, token)
         if boot.cancelled_caught:
             raise RecoverableError(
                 f"VM {self.vm_name} was not reachable over SSH within "
@@ -183,7 +152,7 @@ class TaskRunner:
         if darwin:
             self.ctx.slots.started()
         if darwin and self.config.disk_size > 0:
-            await self._grow_guest_disk(self._address(ip, host_key))
+            await self.boot.grow_guest_disk(self._address(ip, host_key))
         job = ""
         if self.config.command:
             job = await self.job.start(self._address(ip, host_key), guest_os)
@@ -205,140 +174,6 @@ class TaskRunner:
             command_started=time.time() if job else 0.0,
             guest_os=guest_os,
         )
-
-    async def _grow_guest_disk(self, address: ssh.GuestAddress) -> None:
-        """Let macOS use what ``disk_size`` added; a failure is reported, never fatal."""
-        problem = ""
-        with trio.move_on_after(GROW_DISK_SECONDS) as bounded:
-            try:
-                async with ssh.open_guest(address) as guest:
-                    grown = await disk.grow_system_container(guest, address.password)
-            except ssh.GuestError as exc:
-                problem = str(exc)
-            else:
-                if grown is not None:
-                    self._emit(grown.message, {"vm": self.vm_name})
-                return
-        if bounded.cancelled_caught:
-            problem = f"it did not finish within {GROW_DISK_SECONDS:.0f}s"
-        self._emit(
-            f"Could not grow the guest's system container to the VM's disk_size: {problem}; "
-            "the VM runs with the space its image had",
-            {"vm": self.vm_name},
-        )
-
-    async def _check_macos_slots(self, tart: Tart) -> None:
-        running = await vms.running_macos_vms(tart)
-        if len(running) >= self.ctx.max_macos_vms:
-            raise RecoverableError(
-                f"this host already runs {len(running)} macOS VMs ({', '.join(running)}); "
-                f"max_macos_vms is {self.ctx.max_macos_vms} (Apple allows two per host)"
-            )
-
-    async def _launch(self, tart: Tart) -> tuple[int, str | None]:
-        task_dir = Path(self.task.alloc_dir) / self.task.name
-        shares: list[tuple[str, str]] = []
-        if self.config.command:
-            shares = [("local", str(task_dir / "local")), ("alloc", str(task_dir.parent / "alloc"))]
-        run = tart.argv(
-            *tart_argv.run_argv(self.vm_name, self.config, str(task_dir / "secrets"), shares)
-        )
-        command = [
-            *self.ctx.launch_prefix,
-            *helpers.command(
-                helpers.SUPERVISE,
-                "--status-file",
-                str(self.runtime_dir / "status.json"),
-                "--pid-file",
-                str(self.runtime_dir / "tart-run.pid"),
-                "--log-file",
-                str(self.runtime_dir / "tart-run.log"),
-                "--stderr-fifo",
-                # With a command, stderr is the command's; tart run's output stays in its log.
-                os.devnull if self.config.command else self.task.stderr_path or os.devnull,
-                *processes.owner_argument(self.task.alloc_id, self.task.name),
-                "--",
-                *run,
-            ),
-        ]
-        result = await trio.run_process(
-            command,
-            stdin=subprocess.DEVNULL,
-            capture_stdout=True,
-            capture_stderr=True,
-            env=tart.env,
-            start_new_session=True,
-            check=False,
-        )
-        reported = result.stdout.split()
-        if result.returncode != 0 or not reported or not reported[0].isdigit():
-            why = result.stderr.decode(errors="replace").strip() or "it reported no pid"
-            raise TartTrioError(f"cannot start the VM supervisor: {why}")
-        pid = int(reported[0])
-        self.supervisor = (pid, proc.start_time(pid))
-        return self.supervisor
-
-    async def _wait_reachable(
-        self, tart: Tart, supervisor_pid: int, token: str | None
-    ) -> tuple[str, str]:
-        outcome: list[tuple[str, str]] = []
-
-        async def watch_early_exit(scope: trio.CancelScope) -> None:
-            await proc.wait_exit(supervisor_pid, token)
-            scope.cancel()
-
-        async def discover(scope: trio.CancelScope) -> None:
-            ip = await self._discover_ip(tart)
-            address = ssh.GuestAddress(
-                host=ip, user=self.config.ssh_user, password=self.config.ssh_password
-            )
-            outcome.append((ip, await ssh.wait_for_guest(address)))
-            scope.cancel()
-
-        with single_errors():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch_early_exit, nursery.cancel_scope)
-                nursery.start_soon(discover, nursery.cancel_scope)
-        if outcome:
-            return outcome[0]
-        error = self._early_exit_error()
-        if self._darwin and hit_vm_limit(str(error)):
-            await self._note_vm_limit(tart)
-        raise error
-
-    async def _note_vm_limit(self, tart: Tart) -> None:
-        """Tart's VM limit with fewer macOS VMs running than it allows: slots leaked."""
-        try:
-            running = await vms.running_macos_vms(tart)
-        except (TartTrioError, trio.TooSlowError, ValueError):
-            return
-        leak = self.ctx.slots.limit_hit(len(running), self.ctx.max_macos_vms)
-        if leak is not None:
-            self._emit(leak.reason(), {"vm": self.vm_name})
-
-    async def _discover_ip(self, tart: Tart) -> str:
-        """``tart ip --wait``; bridged VMs are not in the DHCP leases, so ask ARP."""
-        resolver = ["--resolver", "arp"] if network_mode(self.config.network) == "bridged" else []
-        while True:
-            try:
-                out = await tart.run("ip", self.vm_name, "--wait", "30", *resolver)
-            except TartCommandError:
-                await trio.sleep(1)
-                continue
-            return out.strip()
-
-    def _early_exit_error(self) -> TartTrioError:
-        status = read_status(self.runtime_dir / "status.json")
-        output = _tail(self.runtime_dir / "tart-run.log")
-        code = status.exit_code if status is not None else -1
-        message = f"`tart run {self.vm_name}` exited with code {code} before the VM was up"
-        if output:
-            message += f": {output}"
-        if hit_vm_limit(output):
-            return RecoverableError(message + " (Apple allows two macOS VMs per host)")
-        if self._darwin and FAILED_TO_START in output:
-            message += f" ({MACOS_START_HINT})"
-        return TartTrioError(message)
 
     async def _rollback(self) -> None:
         """Undo a partial start: no VM, supervisor or bundle may be left behind."""
@@ -377,7 +212,7 @@ class TaskRunner:
             known = self.job.known_result()
             if known is not None:
                 return known
-            output = _tail(self.runtime_dir / "tart-run.log", 300)
+            output = tail(self.runtime_dir / "tart-run.log", 300)
             return ExitResult(
                 exit_code=1,
                 err="the VM stopped while the command was still running; the command's exit "
@@ -438,7 +273,7 @@ class TaskRunner:
         self.phase = "running"
         self.started_at = datetime.fromtimestamp(state.started_at, UTC)
         self.runtime_dir = Path(state.runtime_dir)
-        self.provision.runtime_dir = self.runtime_dir
+        self.provision.runtime_dir = self.boot.runtime_dir = self.runtime_dir
         self.supervisor = (state.supervisor_pid, state.supervisor_token)
         self.provision.cloned = True
 
@@ -565,27 +400,3 @@ class TaskRunner:
         await self._power_off(0)  # a task whose command ended may still be powering off
         await self._delete_vm()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
-
-
-def hit_vm_limit(output: str) -> bool:
-    """Whether ``tart run``'s output is Apple's limit on macOS VMs, in any Tart version."""
-    return versions.vm_limit_reached(output)
-
-
-def read_status(path: Path) -> ExitResult | None:
-    """The exit status the supervisor wrote (only a file of our own counts)."""
-    try:
-        fd = open_own_file(str(path), os.O_RDONLY)
-        with os.fdopen(fd, "rb") as status:
-            raw = json.loads(status.read())
-    except (OSError, ValueError):
-        return None
-    return ExitResult(exit_code=int(raw.get("exit_code", 0)), signal=int(raw.get("signal", 0)))
-
-
-def _tail(path: Path, limit: int = 600) -> str:
-    try:
-        text = path.read_text(errors="replace").strip()
-    except OSError:
-        return ""
-    return " ".join(text[-limit:].split())
