@@ -19,7 +19,7 @@ import trio
 
 from bench import handvalidate
 from bench.rig import open_rig
-from tart_trio._config.task import decode_task_config
+from tart_trio._config.decode import decode_task_config
 from tests.conformance.conftest import EXAMPLES
 from tests.plugin_process import plugin_command
 

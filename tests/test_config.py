@@ -7,15 +7,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from tart_trio._config.task import (
-    Directory,
-    DirectoryOptions,
-    PluginConfig,
-    TaskConfig,
-    decode_plugin_config,
-    decode_task_config,
-    network_mode,
-)
+from tart_trio._config.decode import decode_plugin_config, decode_task_config
+from tart_trio._config.plugin import PluginConfig
+from tart_trio._config.task import Directory, DirectoryOptions, TaskConfig, network_mode
 from tart_trio._errors import ConfigError
 
 

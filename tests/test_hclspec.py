@@ -7,7 +7,8 @@ import pytest
 
 from tart_trio._config.base import Base
 from tart_trio._config.hclspec import Attr, Block, BlockList, Default, Literal, Object, object_spec
-from tart_trio._config.task import PluginConfig, TaskConfig
+from tart_trio._config.plugin import PluginConfig
+from tart_trio._config.task import TaskConfig
 
 
 def _attr(spec: object) -> Attr:

@@ -16,7 +16,8 @@ import pytest
 import trio
 
 from tart_trio._bridge import open_loop
-from tart_trio._config.task import PluginConfig, TaskConfig
+from tart_trio._config.plugin import PluginConfig
+from tart_trio._config.task import TaskConfig
 from tart_trio._driver.driver import Driver
 from tart_trio._model import NomadTask, ResourceUsage, TaskEvent
 from tests.faketart.fixtures import LINUX_IMAGE, FakeTart, needs_guest_reason

@@ -18,7 +18,8 @@ import msgspec
 import pytest
 import trio
 
-from tart_trio._config.task import Directory, PluginConfig, TaskConfig
+from tart_trio._config.plugin import PluginConfig
+from tart_trio._config.task import Directory, TaskConfig
 from tart_trio._driver.fingerprint import HOME_MISSING, fingerprint
 from tart_trio._driver.policy import readable_by, share_with_tart_user
 from tart_trio._errors import ConfigError

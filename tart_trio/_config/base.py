@@ -1,10 +1,11 @@
-"""The base Struct of every config and state type."""
+"""The base Struct of every config and state type, and the field documentation helper."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
 import msgspec
+from msgspec import Meta
 
 
 class Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -21,3 +22,8 @@ class Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True
         return f"{type(self).__name__}({', '.join(parts)})"
 
     __str__ = __repr__
+
+
+def doc(text: str) -> Meta:
+    """A field's description, which the hclspec and the README's tables show."""
+    return Meta(description=text)

@@ -1,20 +1,19 @@
-"""Plugin and task configuration: msgspec Structs, the single source of truth.
+"""The job's ``config { }`` of a tart task: msgspec Structs, the single source of truth.
 
-The hclspec Nomad decodes job and agent config with is derived from these Structs
-(``_hclspec``); the msgpack bytes Nomad sends back are decoded into them with decoders
-built once, then checked by ``validate_*`` before anything is created.
+``TaskConfig`` and its blocks, each next to the checks msgspec's types cannot make
+(``validate_task_config``), and what follows from a config (the network mode, a share's
+name and tag). The hclspec Nomad decodes the job with is derived from these Structs
+(``hclspec``); ``decode`` turns Nomad's msgpack into them.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Annotated, ClassVar, Final
 
-import msgspec
 from msgspec import Meta
 
-from tart_trio._config.base import Base
+from tart_trio._config.base import Base, doc
 from tart_trio._config.durations import parse_duration
 from tart_trio._errors import ConfigError
 
@@ -29,54 +28,50 @@ DEFAULT_TAG: Final = "com.apple.virtio-fs.automount"
 DEFAULT_LOG_COMMAND: Final = ("/usr/bin/log", "stream", "--style", "syslog", "--level", "info")
 
 
-def _doc(text: str) -> Meta:
-    return Meta(description=text)
-
-
 class Auth(Base, frozen=True):
     """Credentials for a private image registry (``auth { }``)."""
 
     __secret_fields__: ClassVar[frozenset[str]] = frozenset({"password"})
-    username: Annotated[str, _doc("Registry user name.")]
-    password: Annotated[str, _doc("Registry password or token; never logged.")]
+    username: Annotated[str, doc("Registry user name.")]
+    password: Annotated[str, doc("Registry password or token; never logged.")]
 
 
 class Network(Base, frozen=True):
     """VM networking (``network { }``)."""
 
-    mode: Annotated[str | None, _doc("shared (NAT, default), host, bridged or softnet.")] = None
+    mode: Annotated[str | None, doc("shared (NAT, default), host, bridged or softnet.")] = None
     bridged_interface: Annotated[
-        str | None, _doc("Host interface for mode = bridged, e.g. en0.")
+        str | None, doc("Host interface for mode = bridged, e.g. en0.")
     ] = None
     softnet_allow: Annotated[
-        tuple[str, ...], _doc("CIDRs Softnet lets the VM reach; implies softnet.")
+        tuple[str, ...], doc("CIDRs Softnet lets the VM reach; implies softnet.")
     ] = ()
     softnet_expose: Annotated[
-        tuple[str, ...], _doc("EXTERNAL:INTERNAL TCP port forwards; implies softnet.")
+        tuple[str, ...], doc("EXTERNAL:INTERNAL TCP port forwards; implies softnet.")
     ] = ()
 
 
 class RootDisk(Base, frozen=True):
     """Root disk behaviour (``root_disk { }``)."""
 
-    readonly: Annotated[bool, _doc("Attach the root disk read-only (ro).")] = False
-    caching_mode: Annotated[str | None, _doc("automatic, uncached or cached.")] = None
-    sync_mode: Annotated[str | None, _doc("fsync, full or none.")] = None
+    readonly: Annotated[bool, doc("Attach the root disk read-only (ro).")] = False
+    caching_mode: Annotated[str | None, doc("automatic, uncached or cached.")] = None
+    sync_mode: Annotated[str | None, doc("fsync, full or none.")] = None
 
 
 class DirectoryOptions(Base, frozen=True):
     """Options of one directory share (``directory { options { } }``)."""
 
-    readonly: Annotated[bool, _doc("Share read-only (:ro).")] = False
-    tag: Annotated[str | None, _doc("VirtioFS tag; custom tags are not automounted.")] = None
+    readonly: Annotated[bool, doc("Share read-only (:ro).")] = False
+    tag: Annotated[str | None, doc("VirtioFS tag; custom tags are not automounted.")] = None
 
 
 class Directory(Base, frozen=True):
     """A host directory shared into the VM (``directory { }``, repeatable)."""
 
-    path: Annotated[str, _doc("Absolute host path to share.")]
+    path: Annotated[str, doc("Absolute host path to share.")]
     name: Annotated[
-        str | None, _doc("Folder name in the guest; defaults to the path's last component.")
+        str | None, doc("Folder name in the guest; defaults to the path's last component.")
     ] = None
     options: DirectoryOptions | None = None
 
@@ -85,14 +80,14 @@ class TaskConfig(Base, frozen=True):
     """The job's ``config { }`` block for ``driver = "tart"``."""
 
     __secret_fields__: ClassVar[frozenset[str]] = frozenset({"ssh_password"})
-    url: Annotated[str, _doc("Tart image to clone, e.g. ghcr.io/cirruslabs/macos-sequoia-base.")]
+    url: Annotated[str, doc("Tart image to clone, e.g. ghcr.io/cirruslabs/macos-sequoia-base.")]
     ssh_user: Annotated[
-        str, _doc("Guest user for logs and exec over SSH (required unless pull_only).")
+        str, doc("Guest user for logs and exec over SSH (required unless pull_only).")
     ] = ""
     ssh_password: Annotated[
-        str, _doc("Guest user's password; never logged (required unless pull_only).")
+        str, doc("Guest user's password; never logged (required unless pull_only).")
     ] = ""
-    show_ui: Annotated[bool, _doc("Open Tart's window instead of --no-graphics.")] = False
+    show_ui: Annotated[bool, doc("Open Tart's window instead of --no-graphics.")] = False
     disk_size: Annotated[
         int, Meta(ge=0, le=65535, description="Grow the disk to this many GB; 0 keeps it.")
     ] = 0
@@ -102,31 +97,31 @@ class TaskConfig(Base, frozen=True):
     directory: tuple[Directory, ...] = ()
     log_command: Annotated[
         tuple[str, ...],
-        _doc("Command run in the guest over SSH whose output becomes the task's stdout."),
+        doc("Command run in the guest over SSH whose output becomes the task's stdout."),
     ] = DEFAULT_LOG_COMMAND
     force_pull: Annotated[
-        bool, _doc("Check a cached tag against the registry (tart pull) before cloning.")
+        bool, doc("Check a cached tag against the registry (tart pull) before cloning.")
     ] = False
     pull_only: Annotated[
-        bool, _doc("Only make the image present on the node, then exit 0 (no VM).")
+        bool, doc("Only make the image present on the node, then exit 0 (no VM).")
     ] = False
 
     # -- a command (batch and CI jobs) -------------------------------------------------
     command: Annotated[
         str,
-        _doc("Run this in the guest once it answers SSH; the task ends with its exit code."),
+        doc("Run this in the guest once it answers SSH; the task ends with its exit code."),
     ] = ""
-    args: Annotated[tuple[str, ...], _doc("Arguments of command, each passed as written.")] = ()
+    args: Annotated[tuple[str, ...], doc("Arguments of command, each passed as written.")] = ()
     work_dir: Annotated[
         str,
-        _doc("Where command runs in the guest; relative paths start at the shared task dir."),
+        doc("Where command runs in the guest; relative paths start at the shared task dir."),
     ] = ""
     timeout: Annotated[
-        str, _doc("Kill command and fail the task after this long, e.g. 2h; empty: no limit.")
+        str, doc("Kill command and fail the task after this long, e.g. 2h; empty: no limit.")
     ] = ""
     guest_logs: Annotated[
         bool | None,
-        _doc("Stream log_command's output into stdout; default true, false with command."),
+        doc("Stream log_command's output into stdout; default true, false with command."),
     ] = None
 
     @property
@@ -138,221 +133,6 @@ class TaskConfig(Base, frozen=True):
     def timeout_seconds(self) -> float:
         """The command's time limit in seconds (0: none)."""
         return parse_duration(self.timeout) if self.timeout else 0.0
-
-
-class RegistryAuth(Base, frozen=True):
-    """Credentials the pre-pull uses for one registry (``pre_pull { auth { } }``)."""
-
-    __secret_fields__: ClassVar[frozenset[str]] = frozenset({"password"})
-    registry: Annotated[str, _doc("Registry host (with its port), e.g. ghcr.io.")]
-    username: Annotated[str, _doc("Registry user name.")]
-    password: Annotated[str, _doc("Registry password or token; never logged.")]
-
-
-class PrePull(Base, frozen=True):
-    """Images kept present on the node (``pre_pull { }``)."""
-
-    images: Annotated[tuple[str, ...], _doc("Remote images to pull and keep.")] = ()
-    concurrency: Annotated[int, Meta(ge=1, description="Most pre-pulls at a time.")] = 1
-    period: Annotated[
-        str, _doc("How often to check the images again (moving tags follow the registry).")
-    ] = "1h"
-    auth: tuple[RegistryAuth, ...] = ()
-
-
-class GCConfig(Base, frozen=True):
-    """The orphan reconciler (``gc { }``): removes ``nomad-<alloc id>`` VMs no task owns."""
-
-    enabled: Annotated[bool, _doc("Remove orphaned VMs.")] = True
-    period: Annotated[str, _doc("How often to look for orphans.")] = "5m"
-    creation_grace: Annotated[
-        str, _doc("Leave VMs (and a freshly started plugin) this long before judging.")
-    ] = "10m"
-    dry_run: Annotated[bool, _doc("Only log what would be removed.")] = False
-
-
-class PluginConfig(Base, frozen=True):
-    """The agent's ``plugin "nomad-driver-tart" { config { } }`` block."""
-
-    enabled: Annotated[bool, _doc("Enable the driver.")] = True
-    tart_path: Annotated[
-        str, _doc("The tart executable; empty finds tart on PATH, then /opt/homebrew/bin/tart.")
-    ] = ""
-    tart_user: Annotated[
-        str, _doc("When the plugin runs as root, run every tart command as this user.")
-    ] = ""
-    tart_home: Annotated[
-        str, _doc("TART_HOME for every tart command; empty keeps tart's default (~/.tart).")
-    ] = ""
-    run_in_login_session: Annotated[
-        bool,
-        _doc(
-            "With tart_user: start tart run in that user's GUI login session (launchctl "
-            "asuser), where macOS 15.2+ guests can use its login keychain."
-        ),
-    ] = False
-    fingerprint_period: Annotated[
-        str, _doc("How often the driver re-checks tart and reports to Nomad.")
-    ] = "30s"
-    boot_timeout: Annotated[
-        str, _doc("How long a VM may take from tart run until SSH answers.")
-    ] = "10m"
-    image_pull_timeout: Annotated[str, _doc("Longest an image download may take.")] = "60m"
-    image_pull_inactivity_timeout: Annotated[
-        str, _doc("A download that shows no progress for this long is abandoned.")
-    ] = "5m"
-
-    gc: GCConfig | None = None
-    allowed_images: Annotated[
-        tuple[str, ...],
-        _doc("Glob patterns of images jobs may use; empty allows any remote image."),
-    ] = ()
-    allowed_directories: Annotated[
-        tuple[str, ...],
-        _doc("Host directory prefixes jobs may share; empty allows any absolute path."),
-    ] = ()
-    allowed_network_modes: Annotated[
-        tuple[str, ...], _doc("Network modes jobs may use: shared, host, bridged, softnet.")
-    ] = ("shared", "host", "bridged", "softnet")
-    max_macos_vms: Annotated[
-        int, Meta(ge=0, description="Most macOS VMs at once on this host (Apple allows 2).")
-    ] = 2
-    pre_pull: PrePull | None = None
-    disk_reserve: Annotated[
-        Annotated[int, Meta(ge=0)] | None,
-        _doc(
-            "GB that pulls and clones leave free on TART_HOME's volume; "
-            "unset: a tenth of the volume, at most 20."
-        ),
-    ] = None
-    image_cache_budget: Annotated[
-        Annotated[int, Meta(ge=0)] | None,
-        _doc("GB Tart's caches may use, pruned after each pull; unset: no budget."),
-    ] = None
-
-    @property
-    def gc_config(self) -> GCConfig:
-        """The reconciler settings (defaults when the block is absent)."""
-        return self.gc if self.gc is not None else GCConfig()
-
-    def seconds(self, field: str) -> float:
-        """A duration field in seconds."""
-        return parse_duration(getattr(self, field))
-
-    @property
-    def fingerprint_period_seconds(self) -> float:
-        """The fingerprint period in seconds."""
-        return parse_duration(self.fingerprint_period)
-
-
-_TASK_DECODER: Final = msgspec.msgpack.Decoder(TaskConfig, strict=False)
-_PLUGIN_DECODER: Final = msgspec.msgpack.Decoder(PluginConfig, strict=False)
-_AT_PATH: Final = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-
-
-def _field_path(path: str) -> str:
-    return path.lstrip(".").replace("`", "")
-
-
-def _translate(exc: msgspec.ValidationError, scope: str) -> ConfigError:
-    match = _AT_PATH.match(str(exc))
-    assert match is not None
-    message = match.group("msg").replace("`", "")
-    message = message[:1].lower() + message[1:]
-    return ConfigError(_field_path(match.group("path") or ""), message, scope=scope)
-
-
-def decode_task_config(data: bytes) -> TaskConfig:
-    """Decode go-cty msgpack from Nomad into a validated TaskConfig."""
-    try:
-        config = _TASK_DECODER.decode(data)
-    except msgspec.ValidationError as exc:
-        raise _translate(exc, "task config") from None
-    except msgspec.DecodeError as exc:
-        raise ConfigError("", f"undecodable msgpack ({exc})") from None
-    validate_task_config(config)
-    return config
-
-
-def decode_plugin_config(data: bytes) -> PluginConfig:
-    """Decode the agent's plugin config; empty bytes mean every default."""
-    if not data:
-        return PluginConfig()
-    try:
-        config = _PLUGIN_DECODER.decode(data)
-    except msgspec.ValidationError as exc:
-        raise _translate(exc, "plugin config") from None
-    except msgspec.DecodeError as exc:
-        raise ConfigError("", f"undecodable msgpack ({exc})", scope="plugin config") from None
-    validate_plugin_config(config)
-    return config
-
-
-_DURATIONS: Final = (
-    "fingerprint_period",
-    "boot_timeout",
-    "image_pull_timeout",
-    "image_pull_inactivity_timeout",
-)
-
-
-def validate_plugin_config(config: PluginConfig) -> None:
-    """Check the values msgspec's types cannot."""
-    if config.run_in_login_session and not config.tart_user:
-        raise ConfigError(
-            "run_in_login_session",
-            "needs tart_user: the session is that user's (a plugin without tart_user runs "
-            "tart in its own session)",
-            scope="plugin config",
-        )
-    for i, mode in enumerate(config.allowed_network_modes):
-        if mode not in ("shared", "host", "bridged", "softnet"):
-            raise ConfigError(
-                f"allowed_network_modes[{i}]",
-                f"{mode!r} is not one of: shared, host, bridged, softnet",
-                scope="plugin config",
-            )
-    for i, prefix in enumerate(config.allowed_directories):
-        if not prefix.startswith("/"):
-            raise ConfigError(
-                f"allowed_directories[{i}]",
-                f"{prefix!r} is not an absolute path",
-                scope="plugin config",
-            )
-    _validate_pre_pull(config.pre_pull)
-    durations = [(field, getattr(config, field)) for field in _DURATIONS]
-    durations += [(f"gc.{f}", getattr(config.gc_config, f)) for f in ("period", "creation_grace")]
-    for field, text in durations:
-        try:
-            seconds = parse_duration(text)
-        except ValueError as exc:
-            raise ConfigError(field, str(exc), scope="plugin config") from None
-        if seconds < 1:
-            raise ConfigError(field, "must be at least 1s", scope="plugin config")
-
-
-def _validate_pre_pull(pre_pull: PrePull | None) -> None:
-    if pre_pull is None:
-        return
-    for i, image in enumerate(pre_pull.images):
-        if "/" not in image or not image.strip():
-            raise ConfigError(
-                f"pre_pull.images[{i}]",
-                f"{image!r} is not a remote image such as ghcr.io/cirruslabs/macos-sequoia-base",
-                scope="plugin config",
-            )
-    for i, auth in enumerate(pre_pull.auth):
-        for name in ("registry", "username"):
-            if not getattr(auth, name).strip():
-                raise ConfigError(
-                    f"pre_pull.auth[{i}].{name}", "must not be empty", scope="plugin config"
-                )
-    try:
-        seconds = parse_duration(pre_pull.period)
-    except ValueError as exc:
-        raise ConfigError("pre_pull.period", str(exc), scope="plugin config") from None
-    if seconds < 1:
-        raise ConfigError("pre_pull.period", "must be at least 1s", scope="plugin config")
 
 
 def _one_of(field: str, value: str | None, allowed: tuple[str, ...]) -> None:

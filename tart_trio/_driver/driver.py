@@ -10,7 +10,8 @@ from typing import Final
 
 import trio
 
-from tart_trio._config.task import PluginConfig, decode_plugin_config, decode_task_config
+from tart_trio._config.decode import decode_plugin_config, decode_task_config
+from tart_trio._config.plugin import PluginConfig
 from tart_trio._driver import capabilities, fingerprint, stats
 from tart_trio._driver.events import EventBus
 from tart_trio._driver.policy import check_task, share_command_dirs, share_with_tart_user

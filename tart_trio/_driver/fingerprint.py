@@ -24,7 +24,7 @@ from typing import Final
 
 import trio
 
-from tart_trio._config.task import PluginConfig
+from tart_trio._config.plugin import PluginConfig
 from tart_trio._errors import TartTrioError
 from tart_trio._host import login
 from tart_trio._images.cache import fingerprint_attributes

@@ -18,7 +18,7 @@ from typing import Final
 import trio
 
 from tart_trio._config.durations import parse_duration
-from tart_trio._config.task import GCConfig
+from tart_trio._config.plugin import GCConfig
 from tart_trio._tart.cli import Tart, TartCommandError
 
 log = logging.getLogger("reconciler")

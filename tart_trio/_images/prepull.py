@@ -18,7 +18,7 @@ from typing import Final
 import trio
 
 from tart_trio._config.durations import parse_duration
-from tart_trio._config.task import PluginConfig, PrePull
+from tart_trio._config.plugin import PluginConfig, PrePull
 from tart_trio._errors import TartTrioError
 from tart_trio._images.pulls import PullListener, Pulls
 from tart_trio._tart import images

@@ -11,7 +11,8 @@ from grpclib.server import Stream
 
 from tart_trio._bridge import run_aio, run_trio
 from tart_trio._config.hclspec import object_spec
-from tart_trio._config.task import PluginConfig, TaskConfig
+from tart_trio._config.plugin import PluginConfig
+from tart_trio._config.task import TaskConfig
 from tart_trio._driver.driver import Driver
 from tart_trio._model import ExecInput, ExecStream, Fingerprint, ResourceUsage, TaskEvent
 from tart_trio._proto.hashicorp.nomad.plugins.base import base_grpc, base_pb2

@@ -11,20 +11,9 @@ import msgspec
 import pytest
 import trio
 
-from tart_trio._config.task import (
-    Auth,
-    Directory,
-    DirectoryOptions,
-    GCConfig,
-    Network,
-    PluginConfig,
-    PrePull,
-    RegistryAuth,
-    RootDisk,
-    TaskConfig,
-    decode_plugin_config,
-    decode_task_config,
-)
+from tart_trio._config.decode import decode_plugin_config, decode_task_config
+from tart_trio._config.plugin import GCConfig, PluginConfig, PrePull, RegistryAuth
+from tart_trio._config.task import Auth, Directory, DirectoryOptions, Network, RootDisk, TaskConfig
 from tart_trio._errors import ConfigError
 from tests.conformance.conftest import EXAMPLES, launch_args, plugin_log
 from tests.conformance.nomadsim import NomadSim, NomadSimError
