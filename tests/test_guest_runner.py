@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from tart_trio._guest import command
+from tart_trio._guest import scripts
 
 SHELLS = [["dash"], ["bash", "--posix"]]
 
 
 def run_script(shell: list[str], text: str, *args: str, home: Path, **kw: object) -> str:
-    argv = [*shell, "-c", text.replace("$__tt_tag", command.DEFAULT_TAG), "tart-command", *args]
+    argv = [*shell, "-c", text.replace("$__tt_tag", scripts.DEFAULT_TAG), "tart-command", *args]
     env = {"HOME": str(home), "PATH": os.environ["PATH"]}
     return subprocess.run(argv, env=env, capture_output=True, text=True, **kw).stdout  # type: ignore[call-overload, no-any-return]
 
@@ -30,7 +30,7 @@ def run_script(shell: list[str], text: str, *args: str, home: Path, **kw: object
 def launch(shell: list[str], home: Path, job: str, limit: int, *argv: str) -> subprocess.Popen[str]:
     """Start a runner as sshd would: a new session; password and env on stdin."""
     args = [job, str(home), "darwin", str(limit), "1", "", *argv]
-    text = command._LAUNCH.replace("$__tt_tag", command.DEFAULT_TAG)
+    text = scripts.LAUNCH_SCRIPT.replace("$__tt_tag", scripts.DEFAULT_TAG)
     runner = subprocess.Popen(
         [*shell, "-c", text, "tart-command", *args],
         stdin=subprocess.PIPE,
@@ -41,7 +41,7 @@ def launch(shell: list[str], home: Path, job: str, limit: int, *argv: str) -> su
     )
     assert runner.stdin is not None and runner.stdout is not None
     # the task's env may set PATH and IFS; the runner must not depend on them
-    env, _ = command.env_file({"GREETING": "it's $HOME", "PATH": "/nowhere", "IFS": "x"}, str(home))
+    env, _ = scripts.env_file({"GREETING": "it's $HOME", "PATH": "/nowhere", "IFS": "x"}, str(home))
     runner.stdin.write("the-password\n" + env.decode())
     runner.stdin.close()
     assert runner.stdout.readline().startswith("tart-command-started ")
@@ -52,7 +52,7 @@ def launch(shell: list[str], home: Path, job: str, limit: int, *argv: str) -> su
 def outcome(shell: list[str], home: Path, job: str) -> list[str]:
     """The waiter's lines up to the first exit/lost line."""
     waiter = subprocess.Popen(
-        [*shell, "-c", command._WAIT, "tart-command", job],
+        [*shell, "-c", scripts.WAIT_SCRIPT, "tart-command", job],
         stdout=subprocess.PIPE,
         env={"HOME": str(home), "PATH": os.environ["PATH"]},
         text=True,
@@ -97,7 +97,7 @@ def test_the_runner_records_exits_signals_timeouts_and_its_own_death(
     deadline = time.monotonic() + 10
     while "ready" not in (jobs / "traps" / "out").read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert run_script(shell, command._SIGNAL, "traps", "TERM", home=tmp_path) == ""
+    assert run_script(shell, scripts.SIGNAL_SCRIPT, "traps", "TERM", home=tmp_path) == ""
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait()
 
@@ -111,7 +111,7 @@ def test_the_runner_records_exits_signals_timeouts_and_its_own_death(
     assert outcome(shell, tmp_path, "slow") == ["timeout", "exit 143 0 0"]
     assert outcome(shell, tmp_path, "killed") == ["lost 0 0"]
     gone = subprocess.run(
-        [*shell, "-c", command._SIGNAL, "tart-command", "killed", "TERM"],
+        [*shell, "-c", scripts.SIGNAL_SCRIPT, "tart-command", "killed", "TERM"],
         env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]},
         check=False,
     )

@@ -24,149 +24,21 @@ start again from those offsets: no gap, no duplicate.
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final, Literal
 
 import msgspec
 import trio
 
-from tart_trio._guest import session, ssh
+from tart_trio._guest import scripts, session, ssh
 from tart_trio._guest.cursor import CursorFile
 from tart_trio._guest.sink import Checkpoints, Sink
 
 log = logging.getLogger("command")
 
-JOBS_DIR: Final = ".nomad-tart"
-RUNNER_NAME: Final = "tart-command"
-#: Where the default-tag shares (secrets/, local/, alloc/, directory blocks) are in the guest.
-SHARES_ROOT: Final = {"darwin": "/Volumes/My Shared Files", "linux": "/mnt/shared"}
-DEFAULT_TAG: Final = "com.apple.virtio-fs.automount"
-#: After the time limit: SIGTERM, then this long before SIGKILL.
-TIMEOUT_GRACE: Final = 10
 RETRY_MIN: Final = 0.5
 RETRY_MAX: Final = 5.0
-#: Signals that may be sent to the command (names common to macOS and Linux).
-SIGNALS: Final = frozenset(
-    [
-        "HUP",
-        "INT",
-        "QUIT",
-        "ILL",
-        "TRAP",
-        "ABRT",
-        "FPE",
-        "KILL",
-        "BUS",
-        "SEGV",
-        "SYS",
-        "PIPE",
-        "ALRM",
-        "TERM",
-        "URG",
-        "STOP",
-        "TSTP",
-        "CONT",
-        "CHLD",
-        "TTIN",
-        "TTOU",
-        "IO",
-        "XCPU",
-        "XFSZ",
-        "VTALRM",
-        "PROF",
-        "WINCH",
-        "USR1",
-        "USR2",
-    ]
-)
-_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-# argv: JOB ROOT OS LIMIT GRACE WORKDIR COMMAND [ARG...]
-# stdin: the guest password (one line, for `sudo mount` in Linux guests), then the env file.
-_LAUNCH: Final = r"""
-__tt_jobs="$HOME/.nomad-tart"
-__tt_j="$__tt_jobs/$1"; __tt_root=$2; __tt_os=$3; __tt_limit=$4; __tt_grace=$5; __tt_dir=$6
-shift 6
-umask 077
-mkdir -p "$__tt_jobs" && mkdir "$__tt_j" 2>/dev/null || {
-  echo "tart-command-error cannot create $__tt_j (it exists already, or the home is full)"
-  exit 70
-}
-IFS= read -r __tt_pw
-cat > "$__tt_j/env" || { echo "tart-command-error cannot write $__tt_j/env"; exit 70; }
-if [ "$__tt_os" = linux ] && ! mountpoint -q "$__tt_root" 2>/dev/null; then
-  printf '%s\n' "$__tt_pw" | sudo -S -p '' mkdir -p "$__tt_root" >/dev/null 2>&1
-  printf '%s\n' "$__tt_pw" | sudo -S -p '' mount -t virtiofs "$__tt_tag" "$__tt_root" \
-    >/dev/null 2>&1 || {
-    echo "tart-command-error cannot mount the shared folders at $__tt_root (sudo mount -t virtiofs)"
-    exit 71
-  }
-fi
-__tt_pw=
-case $__tt_dir in /*) ;; *) __tt_dir="$__tt_root/$__tt_dir" ;; esac
-cd "$__tt_dir" 2>/dev/null || { echo "tart-command-error no such directory: $__tt_dir"; exit 72; }
-: > "$__tt_j/out"; : > "$__tt_j/err"; : > "$__tt_j/status"
-echo "$$ $(echo $(ps -o lstart= -p $$))" > "$__tt_j/pid"
-echo "tart-command-started $$"
-exec </dev/null >>"$__tt_j/out" 2>>"$__tt_j/runner.log"
-trap : HUP INT QUIT TERM USR1 USR2 ALRM
-. "$__tt_j/env"
-command -p rm -f "$__tt_j/env"
-if [ "$__tt_limit" != 0 ]; then
-  (
-    trap '' HUP INT QUIT TERM USR1 USR2 ALRM
-    command -p sleep "$__tt_limit"
-    echo timeout >> "$__tt_j/status"
-    kill -s TERM -- "-$$" 2>/dev/null
-    command -p sleep "$__tt_grace"
-    kill -s KILL -- "-$$" 2>/dev/null
-  ) &
-  __tt_watchdog=$!
-fi
-( exec "$@" ) 2>>"$__tt_j/err"
-__tt_code=$?
-[ -z "${__tt_watchdog:-}" ] || kill -s KILL "$__tt_watchdog" 2>/dev/null
-unset IFS  # the task's environment may have set PATH or IFS: the runner uses neither
-set -- $(command -p wc -c < "$__tt_j/out") $(command -p wc -c < "$__tt_j/err")
-echo "exit $__tt_code $1 $2" >> "$__tt_j/status"
-"""
-
-# argv: JOB. Prints the status lines as they come; "lost OUTSIZE ERRSIZE" when the runner
-# is gone without an exit line; "missing" when the job was never started.
-_WAIT: Final = r"""
-__tt_j="$HOME/.nomad-tart/$1"
-[ -f "$__tt_j/pid" ] || { echo missing; exit 0; }
-read -r __tt_pid __tt_start < "$__tt_j/pid"
-tail -n +1 -f "$__tt_j/status" 2>/dev/null &
-__tt_tail=$!
-while [ "$(echo $(ps -o lstart= -p "$__tt_pid" 2>/dev/null))" = "$__tt_start" ]; do
-  sleep 1
-done
-if ! grep -q '^exit ' "$__tt_j/status"; then
-  set -- $(wc -c < "$__tt_j/out") $(wc -c < "$__tt_j/err")
-  echo "lost $1 $2"
-fi
-kill "$__tt_tail" 2>/dev/null
-wait
-"""
-
-# argv: JOB FILE OFFSET(1-based). The file from that byte on, and whatever is appended.
-_FOLLOW: Final = r"""
-__tt_f="$HOME/.nomad-tart/$1/$2"
-[ -f "$__tt_f" ] || exit 3
-exec tail -c "+$3" -f "$__tt_f" 2>/dev/null
-"""
-
-# argv: JOB SIGNAL. Exit 3: never started; 4: the runner is gone.
-_SIGNAL: Final = r"""
-__tt_j="$HOME/.nomad-tart/$1"
-[ -f "$__tt_j/pid" ] || exit 3
-read -r __tt_pid __tt_start < "$__tt_j/pid"
-[ "$(echo $(ps -o lstart= -p "$__tt_pid" 2>/dev/null))" = "$__tt_start" ] || exit 4
-kill -s "$2" -- "-$__tt_pid"
-"""
 
 
 class CommandError(ssh.GuestError):
@@ -188,38 +60,6 @@ class Outcome(msgspec.Struct, frozen=True):
     timed_out: bool = False
 
 
-def _script(text: str, *args: str) -> list[str]:
-    return ["/bin/sh", "-c", text.replace("$__tt_tag", DEFAULT_TAG), RUNNER_NAME, *args]
-
-
-def shares_root(guest_os: str) -> str:
-    """The guest's view of the shared task directory (secrets/, local/, alloc/ in it)."""
-    return SHARES_ROOT.get(guest_os, SHARES_ROOT["darwin"])
-
-
-def env_file(env: Mapping[str, str], root: str) -> tuple[bytes, list[str]]:
-    """The task environment as ``export`` lines for ``sh``; and the names left out.
-
-    The directory variables point at the guest's view of the shares. Names a shell
-    cannot export (``a.b``), and values with a NUL byte, are left out and returned (names
-    only), so that the caller can say so.
-    """
-    variables = dict(env)
-    variables.update(
-        NOMAD_ALLOC_DIR=f"{root}/alloc",
-        NOMAD_TASK_DIR=f"{root}/local",
-        NOMAD_SECRETS_DIR=f"{root}/secrets",
-    )
-    lines, skipped = [], []
-    for name in sorted(variables):
-        if not _NAME.match(name) or name.startswith("__tt_") or "\0" in variables[name]:
-            skipped.append(name)
-            continue
-        value = variables[name].replace("'", "'\\''")
-        lines.append(f"export {name}='{value}'\n")
-    return "".join(lines).encode(), skipped
-
-
 async def launch(
     guest: ssh.Guest,
     job: str,
@@ -232,15 +72,15 @@ async def launch(
 ) -> int:
     """Start ``argv`` detached in the guest; return the runner's pid there.
 
-    ``env`` (from :func:`env_file`) travels on the session's stdin, never in an argv.
+    ``env`` (from :func:`scripts.env_file`) travels on the session's stdin, never in an argv.
     """
-    root = shares_root(guest_os)
+    root = scripts.shares_root(guest_os)
     limit = str(int(-(-time_limit // 1))) if time_limit > 0 else "0"
-    args = [job, root, guest_os, limit, str(TIMEOUT_GRACE), work_dir or root, *argv]
+    args = [job, root, guest_os, limit, str(scripts.TIMEOUT_GRACE), work_dir or root, *argv]
     # The first line is the password for sudo (a password with a line break cannot be
     # sent so; the env file that follows must never get part of it).
     password = guest.address.password if "\n" not in guest.address.password else ""
-    process = await session.open_process(guest, _script(_LAUNCH, *args))
+    process = await session.open_process(guest, scripts.script(scripts.LAUNCH_SCRIPT, *args))
     try:
         await process.write(f"{password}\n".encode() + env)
         await process.close_stdin()
@@ -262,7 +102,7 @@ async def launch(
 
 async def send_signal(guest: ssh.Guest, job: str, name: str) -> bool:
     """Signal the command's process group; False when it is not running (any more)."""
-    result = await guest.run(_script(_SIGNAL, job, name))
+    result = await guest.run(scripts.script(scripts.SIGNAL_SCRIPT, job, name))
     return result.exit_code == 0
 
 
@@ -420,7 +260,7 @@ class CommandWatch:
     async def _follow_one(self, guest: ssh.Guest, stream: _Stream) -> None:
         with trio.CancelScope() as stream.scope:
             start = stream.restart_point()
-            argv = _script(_FOLLOW, self._job, stream.file, str(start + 1))
+            argv = scripts.script(scripts.FOLLOW_SCRIPT, self._job, stream.file, str(start + 1))
             process = await session.open_process(guest, argv)
             try:
                 await process.pipe_stdout(stream.on_data, stream.sink.gate)
@@ -456,7 +296,7 @@ class CommandWatch:
                     self._settle(Outcome(how="missing"), [0, 0])
                     done.set()
 
-        process = await session.open_process(guest, _script(_WAIT, self._job))
+        process = await session.open_process(guest, scripts.script(scripts.WAIT_SCRIPT, self._job))
         try:
             async with trio.open_nursery() as nursery:
 
@@ -503,17 +343,6 @@ def _load_offsets(path: Path) -> Offsets:
 def offsets_path(runtime_dir: str) -> Path:
     """Where a task's command output offsets live."""
     return Path(runtime_dir) / "command.offsets"
-
-
-def signal_name(name: str, default: str = "INT") -> str:
-    """``SIGTERM``, ``TERM`` or ``""`` (Nomad's default, SIGINT) as ``kill -s`` takes it."""
-    bare = name.upper().removeprefix("SIG") or default
-    if bare not in SIGNALS:
-        raise ValueError(
-            f"signal {name!r} is not one the command can be sent; use one of "
-            f"{', '.join(sorted('SIG' + s for s in SIGNALS))}"
-        )
-    return bare
 
 
 def describe(outcome: Outcome) -> str:

@@ -22,7 +22,7 @@ import trio
 
 from tart_trio._config.task import TaskConfig
 from tart_trio._errors import RecoverableError, TartTrioError
-from tart_trio._guest import command, ssh
+from tart_trio._guest import command, scripts, ssh
 from tart_trio._guest.sink import Sink
 from tart_trio._host.safefs import open_own_file
 from tart_trio._model import ExitResult, TaskEnv
@@ -71,9 +71,9 @@ class CommandJob:
     async def start(self, address: ssh.GuestAddress, guest_os: str) -> str:
         """Start the task's command in the guest, detached; its job name there."""
         job = secrets.token_hex(8)
-        env, skipped = command.env_file(
+        env, skipped = scripts.env_file(
             dict(self._env.items()) if self._env is not None else {},
-            command.shares_root(guest_os),
+            scripts.shares_root(guest_os),
         )
         self._env = None  # held no longer than needed
         if skipped:
@@ -122,7 +122,7 @@ class CommandJob:
         limit = self.config.timeout_seconds
         deadline = math.inf
         if limit:
-            wall = state.command_started + limit + command.TIMEOUT_GRACE + TIMEOUT_BACKSTOP
+            wall = state.command_started + limit + scripts.TIMEOUT_GRACE + TIMEOUT_BACKSTOP
             deadline = trio.current_time() + max(wall - time.time(), 0.0)
         failed: list[ssh.HostKeyMismatch] = []
 

@@ -23,7 +23,7 @@ import trio
 
 from tart_trio._config.task import TaskConfig
 from tart_trio._errors import RecoverableError, TartTrioError
-from tart_trio._guest import command, session, ssh
+from tart_trio._guest import scripts, session, ssh
 from tart_trio._guest.logs import pump_logs
 from tart_trio._guest.sink import Sink
 from tart_trio._host import proc
@@ -296,7 +296,7 @@ class TaskRunner:
             raise TartTrioError(f"task {self.task.id} is not running")
         if self.state.command_job:
             try:
-                bare = command.signal_name(name)
+                bare = scripts.signal_name(name)
             except ValueError as exc:
                 raise TartTrioError(str(exc)) from None
             if not await self.job.send(self.state, bare):
@@ -349,7 +349,7 @@ class TaskRunner:
         """The command gets the whole budget (kill_timeout) to exit; then a hard power-off."""
         if not self.exited.is_set():
             try:
-                name = command.signal_name(signal_name)
+                name = scripts.signal_name(signal_name)
             except ValueError:
                 log.info("unknown kill_signal; using SIGINT", extra={"signal": signal_name})
                 name = "INT"

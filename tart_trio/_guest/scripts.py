@@ -1,0 +1,188 @@
+"""The runner of a task's ``command``: POSIX ``sh`` scripts and what they are given.
+
+Pure text, no I/O: the scripts that launch the command detached in the guest, wait for its
+status, follow an output file and signal its process group (``/bin/sh`` in the guest: bash
+3.2 in POSIX mode on macOS, dash or bash on Linux; no ``setsid``, no GNU-only flags), the
+environment file that carries the task's env on stdin, and the signal names the command
+may be sent. ``command`` runs them over SSH; ``tests/test_guest_runner.py`` runs them under
+dash and ``bash --posix``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Final
+
+from tart_trio._config.task import DEFAULT_TAG
+
+JOBS_DIR: Final = ".nomad-tart"
+RUNNER_NAME: Final = "tart-command"
+#: Where the default-tag shares (secrets/, local/, alloc/, directory blocks) are in the guest.
+SHARES_ROOT: Final = {"darwin": "/Volumes/My Shared Files", "linux": "/mnt/shared"}
+#: After the time limit: SIGTERM, then this long before SIGKILL.
+TIMEOUT_GRACE: Final = 10
+#: Signals that may be sent to the command (names common to macOS and Linux).
+SIGNALS: Final = frozenset(
+    [
+        "HUP",
+        "INT",
+        "QUIT",
+        "ILL",
+        "TRAP",
+        "ABRT",
+        "FPE",
+        "KILL",
+        "BUS",
+        "SEGV",
+        "SYS",
+        "PIPE",
+        "ALRM",
+        "TERM",
+        "URG",
+        "STOP",
+        "TSTP",
+        "CONT",
+        "CHLD",
+        "TTIN",
+        "TTOU",
+        "IO",
+        "XCPU",
+        "XFSZ",
+        "VTALRM",
+        "PROF",
+        "WINCH",
+        "USR1",
+        "USR2",
+    ]
+)
+_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+# argv: JOB ROOT OS LIMIT GRACE WORKDIR COMMAND [ARG...]
+# stdin: the guest password (one line, for `sudo mount` in Linux guests), then the env file.
+LAUNCH_SCRIPT: Final = r"""
+__tt_jobs="$HOME/.nomad-tart"
+__tt_j="$__tt_jobs/$1"; __tt_root=$2; __tt_os=$3; __tt_limit=$4; __tt_grace=$5; __tt_dir=$6
+shift 6
+umask 077
+mkdir -p "$__tt_jobs" && mkdir "$__tt_j" 2>/dev/null || {
+  echo "tart-command-error cannot create $__tt_j (it exists already, or the home is full)"
+  exit 70
+}
+IFS= read -r __tt_pw
+cat > "$__tt_j/env" || { echo "tart-command-error cannot write $__tt_j/env"; exit 70; }
+if [ "$__tt_os" = linux ] && ! mountpoint -q "$__tt_root" 2>/dev/null; then
+  printf '%s\n' "$__tt_pw" | sudo -S -p '' mkdir -p "$__tt_root" >/dev/null 2>&1
+  printf '%s\n' "$__tt_pw" | sudo -S -p '' mount -t virtiofs "$__tt_tag" "$__tt_root" \
+    >/dev/null 2>&1 || {
+    echo "tart-command-error cannot mount the shared folders at $__tt_root (sudo mount -t virtiofs)"
+    exit 71
+  }
+fi
+__tt_pw=
+case $__tt_dir in /*) ;; *) __tt_dir="$__tt_root/$__tt_dir" ;; esac
+cd "$__tt_dir" 2>/dev/null || { echo "tart-command-error no such directory: $__tt_dir"; exit 72; }
+: > "$__tt_j/out"; : > "$__tt_j/err"; : > "$__tt_j/status"
+echo "$$ $(echo $(ps -o lstart= -p $$))" > "$__tt_j/pid"
+echo "tart-command-started $$"
+exec </dev/null >>"$__tt_j/out" 2>>"$__tt_j/runner.log"
+trap : HUP INT QUIT TERM USR1 USR2 ALRM
+. "$__tt_j/env"
+command -p rm -f "$__tt_j/env"
+if [ "$__tt_limit" != 0 ]; then
+  (
+    trap '' HUP INT QUIT TERM USR1 USR2 ALRM
+    command -p sleep "$__tt_limit"
+    echo timeout >> "$__tt_j/status"
+    kill -s TERM -- "-$$" 2>/dev/null
+    command -p sleep "$__tt_grace"
+    kill -s KILL -- "-$$" 2>/dev/null
+  ) &
+  __tt_watchdog=$!
+fi
+( exec "$@" ) 2>>"$__tt_j/err"
+__tt_code=$?
+[ -z "${__tt_watchdog:-}" ] || kill -s KILL "$__tt_watchdog" 2>/dev/null
+unset IFS  # the task's environment may have set PATH or IFS: the runner uses neither
+set -- $(command -p wc -c < "$__tt_j/out") $(command -p wc -c < "$__tt_j/err")
+echo "exit $__tt_code $1 $2" >> "$__tt_j/status"
+"""
+
+# argv: JOB. Prints the status lines as they come; "lost OUTSIZE ERRSIZE" when the runner
+# is gone without an exit line; "missing" when the job was never started.
+WAIT_SCRIPT: Final = r"""
+__tt_j="$HOME/.nomad-tart/$1"
+[ -f "$__tt_j/pid" ] || { echo missing; exit 0; }
+read -r __tt_pid __tt_start < "$__tt_j/pid"
+tail -n +1 -f "$__tt_j/status" 2>/dev/null &
+__tt_tail=$!
+while [ "$(echo $(ps -o lstart= -p "$__tt_pid" 2>/dev/null))" = "$__tt_start" ]; do
+  sleep 1
+done
+if ! grep -q '^exit ' "$__tt_j/status"; then
+  set -- $(wc -c < "$__tt_j/out") $(wc -c < "$__tt_j/err")
+  echo "lost $1 $2"
+fi
+kill "$__tt_tail" 2>/dev/null
+wait
+"""
+
+# argv: JOB FILE OFFSET(1-based). The file from that byte on, and whatever is appended.
+FOLLOW_SCRIPT: Final = r"""
+__tt_f="$HOME/.nomad-tart/$1/$2"
+[ -f "$__tt_f" ] || exit 3
+exec tail -c "+$3" -f "$__tt_f" 2>/dev/null
+"""
+
+# argv: JOB SIGNAL. Exit 3: never started; 4: the runner is gone.
+SIGNAL_SCRIPT: Final = r"""
+__tt_j="$HOME/.nomad-tart/$1"
+[ -f "$__tt_j/pid" ] || exit 3
+read -r __tt_pid __tt_start < "$__tt_j/pid"
+[ "$(echo $(ps -o lstart= -p "$__tt_pid" 2>/dev/null))" = "$__tt_start" ] || exit 4
+kill -s "$2" -- "-$__tt_pid"
+"""
+
+
+def script(text: str, *args: str) -> list[str]:
+    """The argv that runs one of the scripts under the guest's ``/bin/sh``."""
+    return ["/bin/sh", "-c", text.replace("$__tt_tag", DEFAULT_TAG), RUNNER_NAME, *args]
+
+
+def shares_root(guest_os: str) -> str:
+    """The guest's view of the shared task directory (secrets/, local/, alloc/ in it)."""
+    return SHARES_ROOT.get(guest_os, SHARES_ROOT["darwin"])
+
+
+def env_file(env: Mapping[str, str], root: str) -> tuple[bytes, list[str]]:
+    """The task environment as ``export`` lines for ``sh``; and the names left out.
+
+    The directory variables point at the guest's view of the shares. Names a shell
+    cannot export (``a.b``), and values with a NUL byte, are left out and returned (names
+    only), so that the caller can say so.
+    """
+    variables = dict(env)
+    variables.update(
+        NOMAD_ALLOC_DIR=f"{root}/alloc",
+        NOMAD_TASK_DIR=f"{root}/local",
+        NOMAD_SECRETS_DIR=f"{root}/secrets",
+    )
+    lines, skipped = [], []
+    for name in sorted(variables):
+        if not _NAME.match(name) or name.startswith("__tt_") or "\0" in variables[name]:
+            skipped.append(name)
+            continue
+        value = variables[name].replace("'", "'\\''")
+        lines.append(f"export {name}='{value}'\n")
+    return "".join(lines).encode(), skipped
+
+
+def signal_name(name: str, default: str = "INT") -> str:
+    """``SIGTERM``, ``TERM`` or ``""`` (Nomad's default, SIGINT) as ``kill -s`` takes it."""
+    bare = name.upper().removeprefix("SIG") or default
+    if bare not in SIGNALS:
+        raise ValueError(
+            f"signal {name!r} is not one the command can be sent; use one of "
+            f"{', '.join(sorted('SIG' + s for s in SIGNALS))}"
+        )
+    return bare
