@@ -14,8 +14,9 @@ from tart_trio._config.decode import decode_plugin_config, decode_task_config
 from tart_trio._config.plugin import PluginConfig
 from tart_trio._driver import capabilities, fingerprint, stats
 from tart_trio._driver.events import EventBus
+from tart_trio._driver.names import VMNames
 from tart_trio._driver.policy import check_task, share_command_dirs, share_with_tart_user
-from tart_trio._driver.reconcile import OUR_NAME, run_reconciler
+from tart_trio._driver.reconcile import run_reconciler
 from tart_trio._errors import TartTrioError, TaskNotFound
 from tart_trio._host import diskspace, login
 from tart_trio._images import cache as imagecache
@@ -34,13 +35,12 @@ from tart_trio._model import (
     TaskEvent,
     TaskStatus,
 )
-from tart_trio._tart import processes, vms
 from tart_trio._tart.cli import Tart, TartNotFound, locate_tart, resolve_user
 from tart_trio._task import exec as task_exec
 from tart_trio._task.context import TaskContext
 from tart_trio._task.pull_only import PullOnlyRunner
 from tart_trio._task.recovery import recover_runner
-from tart_trio._task.runner import FORCE_SECONDS, TaskRunner
+from tart_trio._task.runner import TaskRunner
 from tart_trio._task.slots import MacOSSlots
 from tart_trio._task.state import DriverState, decode_state, encode_state
 from tart_trio._version import __version__
@@ -48,17 +48,6 @@ from tart_trio._version import __version__
 NAME: Final = "tart"
 API_VERSIONS: Final = ("v0.1.0",)
 log = logging.getLogger("driver")
-
-
-def vm_names(alloc_id: str, task_name: str) -> tuple[str, str]:
-    """The two names a task's VM can have: the allocation's, else one with the task's name."""
-    base = f"nomad-{alloc_id}"
-    return base, f"{base}-{task_name}"
-
-
-def owner_of(task: NomadTask) -> str:
-    """How a VM supervisor names the task it works for."""
-    return f"{task.alloc_id}/{task.name}"
 
 
 class _Unexpected:
@@ -98,7 +87,7 @@ class Driver:
         self._new_config = trio.Event()
         self._tasks: dict[str, TaskRunner] = {}
         self._recovering: dict[str, trio.Event] = {}
-        self._vm_names: set[str] = set()
+        self.names = VMNames()
         self._nursery: trio.Nursery | None = None
         self._pulls: Pulls | None = None
         self._serving = trio.Event()
@@ -116,9 +105,7 @@ class Driver:
             # VMs on its own; the throwaway fingerprint and validation launches never do.
             await self._serving.wait()
             nursery.start_soon(prepull.keep_images, self._prepull_context())
-            await run_reconciler(
-                self._tart, lambda: set(self._vm_names), lambda: self.config.gc_config
-            )
+            await run_reconciler(self._tart, self.names.owned, lambda: self.config.gc_config)
 
     def plugin_info(self) -> PluginInfo:
         """Name, version and the plugin API versions we speak."""
@@ -296,22 +283,6 @@ class Driver:
 
         return emit
 
-    async def _claim_vm_name(self, task: NomadTask, tart: Tart) -> str:
-        """``nomad-<alloc_id>``; a second tart task of the allocation adds its task name.
-
-        A name no task of ours holds may still be running a sibling task's VM that Nomad
-        has not recovered yet (its supervisor says whose it is): that name is not free.
-        """
-        for name in vm_names(task.alloc_id, task.name):
-            if name in self._vm_names:
-                continue
-            owners = {p.owner for p in await processes.find(name, tart.path)}
-            if owners - {None, owner_of(task)} or name in self._vm_names:
-                continue
-            self._vm_names.add(name)
-            return name
-        raise TartTrioError(f"a VM for task {task.name!r} of {task.alloc_id} already runs")
-
     async def start_task(
         self, task: NomadTask, msgpack_config: bytes, env: TaskEnv | None = None
     ) -> tuple[bytes, str]:
@@ -332,7 +303,7 @@ class Driver:
         if config.command:
             local = os.path.join(task.alloc_dir, task.name, "local")
             share_command_dirs(local, os.path.join(task.alloc_dir, "alloc"), ctx.tart.user)
-        vm_name = await self._claim_vm_name(task, ctx.tart)
+        vm_name = await self.names.claim(task, ctx.tart)
         emit = self._emitter(task)
         runner: TaskRunner
         if config.pull_only:
@@ -347,7 +318,7 @@ class Driver:
             state: DriverState = await self._nursery.start(runner.run)
         except BaseException:
             self._tasks.pop(task.id, None)
-            self._vm_names.discard(vm_name)
+            self.names.release(vm_name)
             raise
         return encode_state(state), state.ip
 
@@ -370,7 +341,7 @@ class Driver:
         try:
             state = decode_state(driver_state)
             runner = await recover_runner(task, state, self._context(), self._emitter(task))
-            self._vm_names.add(state.vm_name)
+            self.names.hold(state.vm_name)
             self._tasks[task.id] = runner
             assert self._nursery is not None
             self._nursery.start_soon(runner.watch_recovered)
@@ -403,44 +374,16 @@ class Driver:
             raise TartTrioError(f"task {task_id} is still running; stop it or use force")
         await runner.destroy()
         self._tasks.pop(task_id, None)
-        self._vm_names.discard(runner.vm_name)
+        self.names.release(runner.vm_name)
 
     async def _destroy_unknown(self, task_id: str) -> None:
-        """DestroyTask(force) of a task this plugin does not know: remove its VM now.
-
-        Nomad does this after a RecoverTask failed (the VM's supervisor is gone, say, after
-        a host reboot). The task ID names the allocation and the task, so the VM is found
-        without waiting for the orphan reconciler's grace period; a VM another task of
-        ours holds, or whose running supervisor works for another task, is left alone.
-        """
-        parts = task_id.split("/")
-        if len(parts) < 2 or not parts[0] or not parts[1]:
-            return
-        task = NomadTask(id=task_id, alloc_id=parts[0], name=parts[1], alloc_dir="")
+        """DestroyTask(force) of a task this plugin does not know: remove its VM now."""
         try:
             tart = self._tart()
         except TartTrioError as exc:
             log.warning("cannot remove the VM of an unknown task", extra={"error": str(exc)})
             return
-        for name in reversed(vm_names(task.alloc_id, task.name)):
-            if not OUR_NAME.match(name) or name in self._vm_names:
-                continue
-            if not await trio.Path(tart.vm_dir(name)).exists():
-                continue
-            left = await processes.find(name, tart.path)
-            if {p.owner for p in left} - {None, owner_of(task)}:
-                continue
-            self._vm_names.add(name)
-            try:
-                log.info(
-                    "removing the VM of a task that could not be recovered",
-                    extra={"vm": name, "task_id": task_id},
-                )
-                await processes.end(left, FORCE_SECONDS)
-                await vms.delete_vm(tart, name)
-            finally:
-                self._vm_names.discard(name)
-            return
+        await self.names.remove_unknown(task_id, tart)
 
     def inspect_task(self, task_id: str) -> TaskStatus:
         """The task's state, timestamps, result and attributes (VM name, IP)."""

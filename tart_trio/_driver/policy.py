@@ -10,7 +10,7 @@ from typing import Final
 
 from tart_trio._config.plugin import PluginConfig
 from tart_trio._config.task import TaskConfig, network_mode
-from tart_trio._driver.reconcile import OUR_NAME
+from tart_trio._driver.names import OUR_NAME
 from tart_trio._errors import ConfigError
 from tart_trio._tart.cli import RunAs
 from tart_trio._tart.images import is_remote

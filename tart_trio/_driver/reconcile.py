@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from typing import Final
@@ -19,12 +18,10 @@ import trio
 
 from tart_trio._config.durations import parse_duration
 from tart_trio._config.plugin import GCConfig
+from tart_trio._driver.names import OUR_NAME
 from tart_trio._tart.cli import Tart, TartCommandError
 
 log = logging.getLogger("reconciler")
-OUR_NAME: Final = re.compile(
-    r"^nomad-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(-[A-Za-z0-9_.-]+)?$"
-)
 CALL_SECONDS: Final = 120.0
 
 
