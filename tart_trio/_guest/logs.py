@@ -21,12 +21,10 @@ from tart_trio._guest.cursor import (
     CursorFile,
     HeldOutput,
     LinePump,
-    cursor_path,
     load_cursor,
     resume_command,
 )
 from tart_trio._guest.sink import Checkpoints, Sink
-from tart_trio._task.state import DriverState
 
 log = logging.getLogger("logs")
 RETRY_MIN: Final = 0.5
@@ -39,23 +37,22 @@ REPLAY_HOLD_LIMIT: Final = 16 << 20
 
 
 async def pump_logs(
-    state: DriverState,
+    address: ssh.GuestAddress,
+    vm_name: str,
+    cursor_file: Path,
     command: Sequence[str],
     emit: Callable[[str, dict[str, str]], None],
     sink: Sink,
 ) -> None:
-    """Stream the guest's logs into ``sink`` until cancelled (when the VM ends)."""
-    address = ssh.GuestAddress(
-        host=state.ip,
-        user=state.task_config.ssh_user,
-        password=state.task_config.ssh_password,
-        host_key=state.host_key,
-    )
-    cursor_file = cursor_path(state.runtime_dir)
+    """Stream the guest's logs into ``sink`` until cancelled (when the VM ends).
+
+    ``cursor_file`` holds where the last run stopped (``cursor.cursor_path``); the stream
+    resumes after it.
+    """
     saved = CursorFile(cursor_file)
     fed = _Fed(load_cursor(cursor_file), Checkpoints[Cursor](sink, saved.save))
     try:
-        await _pump(address, state.vm_name, command, emit, sink, cursor_file, fed)
+        await _pump(address, vm_name, command, emit, sink, cursor_file, fed)
     finally:
         fed.checkpoints.close()
         saved.close()

@@ -24,6 +24,7 @@ import trio
 from tart_trio._config.task import TaskConfig
 from tart_trio._errors import RecoverableError, TartTrioError
 from tart_trio._guest import scripts, session, ssh
+from tart_trio._guest.cursor import cursor_path
 from tart_trio._guest.logs import pump_logs
 from tart_trio._guest.sink import Sink
 from tart_trio._host import proc
@@ -197,7 +198,13 @@ class TaskRunner:
                     nursery.start_soon(self._follow_command, state, stdout, stderr)
                 if self.config.streams_guest_logs:
                     nursery.start_soon(
-                        pump_logs, state, self.config.log_command, self._emit, stdout
+                        pump_logs,
+                        self._address(state.ip, state.host_key),
+                        self.vm_name,
+                        cursor_path(state.runtime_dir),
+                        self.config.log_command,
+                        self._emit,
+                        stdout,
                     )
                 await proc.wait_exit(state.supervisor_pid, state.supervisor_token)
                 nursery.cancel_scope.cancel()
