@@ -21,10 +21,12 @@ import trio
 from tart_trio._config.plugin import PluginConfig
 from tart_trio._config.task import Directory, TaskConfig
 from tart_trio._driver.fingerprint import HOME_MISSING, fingerprint
-from tart_trio._driver.policy import readable_by, share_with_tart_user
+from tart_trio._driver.policy import share_with_tart_user
 from tart_trio._errors import ConfigError
 from tart_trio._host import helpers
-from tart_trio._tart.cli import RunAs, Tart, resolve_user, unreachable_user
+from tart_trio._host.shares import readable_by
+from tart_trio._host.users import RunAs, resolve_user, unreachable_user
+from tart_trio._tart.cli import Tart
 from tests.faketart.fixtures import MANY_GROUPS, ensure_groups, ensure_user
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running as another user needs root")

@@ -15,10 +15,12 @@ from tart_trio._config.plugin import PluginConfig
 from tart_trio._driver import capabilities, fingerprint, stats
 from tart_trio._driver.events import EventBus
 from tart_trio._driver.names import VMNames
-from tart_trio._driver.policy import check_task, share_command_dirs, share_with_tart_user
+from tart_trio._driver.policy import check_task, share_with_tart_user
 from tart_trio._driver.reconcile import run_reconciler
 from tart_trio._errors import TartTrioError, TaskNotFound
 from tart_trio._host import diskspace, login
+from tart_trio._host.shares import share_command_dirs
+from tart_trio._host.users import resolve_user
 from tart_trio._images import cache as imagecache
 from tart_trio._images import prepull
 from tart_trio._images.pulls import Pulls
@@ -35,7 +37,7 @@ from tart_trio._model import (
     TaskEvent,
     TaskStatus,
 )
-from tart_trio._tart.cli import Tart, TartNotFound, locate_tart, resolve_user
+from tart_trio._tart.cli import Tart, TartNotFound, locate_tart
 from tart_trio._task import exec as task_exec
 from tart_trio._task.context import TaskContext
 from tart_trio._task.pull_only import PullOnlyRunner

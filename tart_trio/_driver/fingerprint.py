@@ -27,11 +27,12 @@ import trio
 from tart_trio._config.plugin import PluginConfig
 from tart_trio._errors import TartTrioError
 from tart_trio._host import login
+from tart_trio._host.users import UnknownUser, resolve_user, unreachable_user
 from tart_trio._images.cache import fingerprint_attributes
 from tart_trio._model import AttributeValue, Fingerprint
 from tart_trio._tart import softnet as softnet_tool
 from tart_trio._tart import versions
-from tart_trio._tart.cli import Tart, UnknownUser, locate_tart, resolve_user, unreachable_user
+from tart_trio._tart.cli import Tart, locate_tart
 from tart_trio._tart.vms import running_macos_vms
 
 log = logging.getLogger("fingerprint")

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
-import msgspec
 import trio
 
 from tart_trio._errors import TartTrioError
 from tart_trio._host import runas
+from tart_trio._host.users import RunAs
 
 HOMEBREW_TART: Final = "/opt/homebrew/bin/tart"
 HOMEBREW_BIN: Final = "/opt/homebrew/bin"
@@ -48,45 +47,6 @@ def locate_tart(configured: str, search_path: str | None = None) -> str | None:
     if found:
         return found
     return HOMEBREW_TART if os.access(HOMEBREW_TART, os.X_OK) else None
-
-
-class RunAs(msgspec.Struct, frozen=True):
-    """The unprivileged user that runs tart when the plugin runs as root."""
-
-    name: str
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    home: str
-
-
-class UnknownUser(TartTrioError):
-    """``tart_user`` names no user on this host."""
-
-
-def resolve_user(name: str) -> RunAs | None:
-    """The account ``tart_user`` names; None when unset or when we are not root."""
-    if not name or os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise UnknownUser(f"tart_user {name!r} is not a user on this host") from None
-    groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
-    return RunAs(
-        name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid, groups=groups, home=entry.pw_dir
-    )
-
-
-def unreachable_user(name: str) -> str | None:
-    """The plugin's own user when ``tart_user`` names another and we are not root to become it."""
-    if not name or os.geteuid() == 0:
-        return None
-    try:
-        me = pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        me = str(os.geteuid())
-    return None if me == name else me
 
 
 def tart_environment(
