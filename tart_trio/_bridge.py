@@ -1,7 +1,7 @@
 """The one asyncio bridge: typed wrappers around trio-asyncio.
 
 grpclib (the gRPC server) and asyncssh (guest access) are asyncio libraries; everything
-else is trio. ``open_loop`` is entered once, in ``_plugin.serve``; the rpc and guest layers
+else is trio. ``open_loop`` is entered once, in ``_rpc.plugin.serve``; the rpc and guest layers
 cross between the two worlds only through these functions.
 """
 

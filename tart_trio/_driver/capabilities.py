@@ -1,6 +1,6 @@
 """What this host can do for a job, checked before anything is cloned.
 
-The operator's policy (``_policy``) says what jobs may ask for; this module says what the
+The operator's policy (``policy``) says what jobs may ask for; this module says what the
 installed Tart and softnet can do. A job that asks for more is refused with the field, what it needs
 and how to get it, instead of failing later at ``tart run``.
 """

@@ -1,7 +1,7 @@
 """Become the tart user, with every group it belongs to, and run a command.
 
 The plugin (root, with ``tart_user``) runs each ``tart`` command through this helper:
-``nomad-driver-tart runas NAME UID GID -- COMMAND...`` (see ``_helpers``). It calls
+``nomad-driver-tart runas NAME UID GID -- COMMAND...`` (see ``_host.helpers``). It calls
 ``initgroups(3)``, then ``setgid`` and ``setuid``, then executes the command, so the
 command's pid is the helper's.
 

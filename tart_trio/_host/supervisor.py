@@ -1,9 +1,9 @@
 """The per-VM supervisor: keeps ``tart run``'s exit status when no plugin is running.
 
-Started by the plugin as ``nomad-driver-tart supervise`` (see ``_helpers``). It detaches (fork, new
-session), tells the plugin its pid on stdout, runs ``tart run`` with its output going to
-the task's stderr FIFO and to a log file, forwards stop requests, and when ``tart run``
-ends writes the exit status atomically to the status file. Standard library only: it
+Started by the plugin as ``nomad-driver-tart supervise`` (see ``_host.helpers``). It
+detaches (fork, new session), tells the plugin its pid on stdout, runs ``tart run`` with its
+output going to the task's stderr FIFO and to a log file, forwards stop requests, and when
+``tart run`` ends writes the exit status atomically to the status file. Standard library only: it
 must keep working when the plugin process is gone or replaced.
 
 Signals: SIGINT is passed on to ``tart run`` (Tart powers the VM off and exits 0);
