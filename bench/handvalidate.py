@@ -1,7 +1,7 @@
 """The baseline for the config-decode benchmark: builtins decode + validation by hand.
 
 ``msgspec.msgpack.decode`` to plain dicts and lists, then every check that
-``tart_trio._config.task.decode_task_config`` makes (types, required fields, defaults, unknown
+``tart_trio._config.decode.decode_task_config`` makes (types, required fields, defaults, unknown
 fields, ranges, and the semantic checks of ``validate_task_config``), written out by hand
 the way one would without typed Structs. The result is a plain dict with the same content
 as ``msgspec.to_builtins(decode_task_config(data))``; the benchmark checks that it is.
