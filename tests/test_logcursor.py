@@ -90,3 +90,16 @@ def test_rank_carries_across_chunks_on_the_live_path(tmp_path: Path) -> None:
         + line(1, 0, 4)
     )
     assert b"".join(out) == line(1, 0, 4)
+
+
+def test_held_output_names_the_first_timestamped_line_even_split_across_chunks() -> None:
+    announced: list[str | None] = []
+    held = HeldOutput(
+        lambda _: None, 1 << 20, on_timestamp=lambda: announced.append(held.first_timestamp)
+    )
+    data = b"Timestamp                       (process)[PID]\n" + line(2, 900, 5) + line(3, 0, 6)
+    held.feed(data[:60])
+    held.feed(data[60:70])
+    assert announced == []
+    held.feed(data[70:])
+    assert announced == ["2026-11-27 07:35:02.000900+0000"]

@@ -225,7 +225,8 @@ class HeldOutput:
 
     Past ``limit`` bytes it calls ``pause`` (the stream stops reading its channel, so the
     guest waits instead of output being lost); ``release`` delivers what was held and
-    calls ``resume``.
+    calls ``resume``. The timestamp of the first timestamped line it holds is
+    ``first_timestamp``, announced by ``on_timestamp``: the stream reads the log by then.
     """
 
     def __init__(
@@ -234,25 +235,49 @@ class HeldOutput:
         limit: int,
         pause: Callable[[], None] = lambda: None,
         resume: Callable[[], None] = lambda: None,
+        on_timestamp: Callable[[], None] = lambda: None,
     ) -> None:
         self._deliver = deliver
         self._limit = limit
         self._pause = pause
         self._resume = resume
+        self._on_timestamp = on_timestamp
         self._paused = False
         self._held: list[bytes] | None = []
         self._size = 0
+        self._head: bytearray | None = bytearray()
+        self.first_timestamp: str | None = None
 
     def feed(self, chunk: bytes) -> None:
         """Hold or deliver a chunk."""
         if self._held is None:
             self._deliver(chunk)
             return
+        if self._head is not None:
+            self._look_for_timestamp(chunk)
         self._held.append(chunk)
         self._size += len(chunk)
         if self._size >= self._limit and not self._paused:
             self._paused = True
             self._pause()
+
+    def _look_for_timestamp(self, chunk: bytes) -> None:
+        head = self._head
+        assert head is not None
+        head += chunk
+        cut = head.rfind(b"\n")
+        if cut < 0:
+            if len(head) > _LINE_LIMIT:
+                head.clear()
+            return
+        for line in head[:cut].split(b"\n"):
+            match = _TIMESTAMP.match(line)
+            if match is not None:
+                self._head = None
+                self.first_timestamp = match.group(1).decode()
+                self._on_timestamp()
+                return
+        del head[: cut + 1]
 
     def release(self) -> None:
         """Deliver what was held; deliver directly from now on."""

@@ -128,12 +128,16 @@ async def _stream(
     try:
         if replay is None:
             return await guest.stream(command, pump.feed, gate=sink.gate)
-        live = HeldOutput(pump.feed, REPLAY_HOLD_LIMIT, sink.hold, sink.unhold)
+        reading = trio.Event()  # the live stream delivered a line (or ended)
+        live = HeldOutput(pump.feed, REPLAY_HOLD_LIMIT, sink.hold, sink.unhold, reading.set)
         running = trio.Event()
         ended: list[int] = []
 
         async def stream_live() -> None:
-            ended.append(await guest.stream(command, live.feed, running.set, sink.gate))
+            try:
+                ended.append(await guest.stream(command, live.feed, running.set, sink.gate))
+            finally:
+                reading.set()
 
         try:
             with single_errors():
@@ -143,6 +147,17 @@ async def _stream(
                     replayed = await guest.run(replay, max_output=REPLAY_LIMIT)
                     pump.feed(replayed.stdout)
                     pump.end_of_replay()
+                    # The remote process runs, but may read the log only after the replay
+                    # did: lines logged in between are in neither. Its first line was logged
+                    # before it arrived, so a replay taken now reaches it.
+                    await reading.wait()
+                    first, cursor = live.first_timestamp, pump.cursor
+                    if first is not None and cursor is not None and first >= cursor.timestamp:
+                        catch_up = resume_command(command, cursor)
+                        if catch_up is not None:
+                            replayed = await guest.run(catch_up, max_output=REPLAY_LIMIT)
+                            pump.feed(replayed.stdout)
+                            pump.end_of_replay()
                     live.release()
         finally:
             live.abandon()
