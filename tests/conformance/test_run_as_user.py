@@ -264,6 +264,7 @@ def _command_job(script: str) -> str:
 
 
 BUILD = """
+while [ ! -e "$NOMAD_ALLOC_DIR/data/go" ]; do sleep 0.1; done
 cat "$NOMAD_TASK_DIR/config"
 id -u > "$NOMAD_ALLOC_DIR/data/result.txt"
 echo built > "$NOMAD_TASK_DIR/out.txt"
@@ -288,14 +289,19 @@ async def test_a_command_reads_and_writes_local_and_alloc_as_the_tart_user(
     await _launch(sim, host, tmp_path / "plugin.log")
     script = BUILD.replace("$TARGET", str(target))
     started = await _start(sim, _command_job(script), alloc_dir)
+    # logmon copies the FIFO into the log file on its own time, and may still hold the
+    # output when WaitTask answers: here it does. The log is read once logmon stopped with
+    # the task (as Nomad's task runner stops it, which copies what the FIFO still holds).
+    await sim.call("logmon", task_id=started["task_id"], stream="stdout", state="paused")
+    (alloc_dir / "alloc" / "data" / "go").touch()
     with trio.fail_after(60):
         waited = await sim.call("wait_task", task_id=started["task_id"])
     assert waited["result"]["exit_code"] == 0, Path(started["stderr_log"]).read_text()
-    assert Path(started["stdout_log"]).read_text() == "from a template\n"
     result = alloc_dir / "alloc" / "data" / "result.txt"
     assert result.read_text() == f"{user.pw_uid}\n" and result.stat().st_uid == user.pw_uid
     assert (local / "out.txt").read_text() == "built\n"
     await sim.call("destroy_task", task_id=started["task_id"])
+    assert Path(started["stdout_log"]).read_text() == "from a template\n"
 
     # Nomad restarts the task in the same allocation: local/ is walked again as root.
     again = await _start(sim, _command_job("true"), alloc_dir)
