@@ -151,13 +151,13 @@ async def test_a_command_gets_its_args_env_and_files_and_ends_the_task_with_its_
         "/Volumes/My Shared Files/local",
     ]
     assert (data / "result.txt").read_text() == "built in /Volumes/My Shared Files\n"
-    stdout = Path(started["stdout_log"]).read_text()
-    assert stdout == "".join(f"<{a}>\n" for a in args) + "input from local/\n"
-    assert Path(started["stderr_log"]).read_text() == "to stderr\n"
     vm = f"nomad-{started['task_config']['alloc_id']}"
     await until(lambda: vm not in fake_tart.running_vms())  # powered off after the exit
     await sim.call("destroy_task", task_id=task_id)
     assert vm_names(fake_tart) == []
+    stdout = Path(started["stdout_log"]).read_text()  # complete once logmon stopped
+    assert stdout == "".join(f"<{a}>\n" for a in args) + "input from local/\n"
+    assert Path(started["stderr_log"]).read_text() == "to stderr\n"
     texts = repr(events) + log.read_text() + Path(f"{log}.raw").read_text()
     assert SECRET_ENV not in texts and SECRET_TEMPLATE not in texts
     assert plugin_log(log)
@@ -203,12 +203,12 @@ async def test_output_and_exit_code_survive_a_plugin_kill_even_when_the_command_
     with trio.fail_after(60):
         results = [await sim.call("wait_task", task_id=t["task_id"]) for t in (slow, quick)]
     assert [r["result"]["exit_code"] for r in results] == [5, 6]
-    assert numbers(logs[0]) == list(range(1, 401)), "no gap and no duplicate"
-    assert numbers(logs[1]) == list(range(1, 301))
     assert len(fake_tart.calls_of("run")) == 2, "nothing ran twice"
     for task in (slow, quick):
         await sim.call("destroy_task", task_id=task["task_id"])
     assert vm_names(fake_tart) == []
+    assert numbers(logs[0]) == list(range(1, 401)), "no gap and no duplicate"
+    assert numbers(logs[1]) == list(range(1, 301))
 
 
 TRAPS = r"""
@@ -340,10 +340,10 @@ async def test_a_stalled_logmon_loses_no_line_of_guest_logs_or_command_output(
     with trio.fail_after(60):
         waited = await sim.call("wait_task", task_id=build["task_id"])
     assert waited["result"]["exit_code"] == 0
-    assert sequence_intact(Path(build["stdout_log"]), {"guest-log-line"})
     service_log = Path(service["stdout_log"])
     await until(lambda: service_log.read_bytes().endswith(f"\n{LINES}\n".encode()), 60)
     assert sequence_intact(service_log)
     for task in (service, build):
         await sim.call("stop_task", task_id=task["task_id"], timeout_seconds=5)
         await sim.call("destroy_task", task_id=task["task_id"])
+    assert sequence_intact(Path(build["stdout_log"]), {"guest-log-line"})
