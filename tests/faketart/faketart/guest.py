@@ -263,6 +263,13 @@ class Guest:
         self.fifo_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         self._fifo_keep = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # no EOF storms
         m.bind(os.path.join(self.fake, "home"), self.gpath(self.spec["guest_home"]))
+        greeting = self.knobs().get("shell_greeting")
+        if greeting:  # sshd runs ~/.ssh/rc before every command, its output first
+            rc = self.gpath(self.spec["guest_home"] + "/.ssh/rc")
+            os.makedirs(os.path.dirname(rc), exist_ok=True)
+            quoted = "'" + str(greeting).replace("'", "'\\''") + "'"
+            with open(rc, "w") as f:
+                f.write(f"printf '%s' {quoted}\n")
         m.bind(os.path.join(self.fake, "guest.log"), self.gpath(GUEST_LOG), readonly=True)
         tags = self.spec.get("tags") or {}
         if DEFAULT_TAG in tags and self.spec.get("os") == "darwin":
@@ -315,6 +322,7 @@ class Guest:
         with open(os.path.join(self.fake, "ssh_host_ed25519_key.pub"), "rb") as f:
             files["/etc/ssh/faketart_host_ed25519_key.pub"] = (f.read(), 0o644)
         files["/etc/ssh/sshd_config"] = (self.sshd_config().encode(), 0o644)
+
         files["/etc/faketart-guest.json"] = (
             json.dumps(
                 {

@@ -29,6 +29,8 @@ INSTALL = {
 }
 # only in Linux guests (macOS has mount_virtiofs)
 INSTALL_LINUX = {"/usr/local/bin/mount": "mount"}
+# only in macOS guests: /bin/sh is bash in POSIX mode there (``/bin`` is ``usr/bin`` here)
+INSTALL_DARWIN = {"/usr/bin/sh": "sh-macos"}
 # Linux programs a Mac does not have: removed from macOS guests, so that nothing that runs
 # in the fake's darwin guests can depend on them (BSD userland: no setsid(1), no GNU
 # coreutils' timeout or stdbuf).
@@ -39,7 +41,7 @@ def load(python: str, guest_os: str = "darwin") -> dict[str, bytes]:
     """{guest path: file content} with ``@PYTHON@`` replaced by *python*."""
     cache: dict[str, bytes] = {}
     res = {}
-    install = {**INSTALL, **(INSTALL_LINUX if guest_os == "linux" else {})}
+    install = {**INSTALL, **(INSTALL_LINUX if guest_os == "linux" else INSTALL_DARWIN)}
     for guest_path, name in install.items():
         if name not in cache:
             with open(os.path.join(TOOLS_DIR, name), "rb") as f:

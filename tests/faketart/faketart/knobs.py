@@ -44,6 +44,7 @@ DEFAULTS: dict = {
     "stale_lease": True,  # keep the DHCP lease after the VM stops (real vmnet behaviour)
     "softnet_exit_after": None,  # s: the softnet child dies -> run fails
     "max_sessions": 10,  # the guest sshd's MaxSessions (OpenSSH's and macOS's default)
+    "shell_greeting": None,  # text printed before every SSH command (~/.ssh/rc)
     "clone_seconds": 0.0,  # s `tart clone` spends copying, holding the $TART_HOME lock
     "init_seconds": 0.0,  # s `tart run` spends building the VM before it takes the VM's lock
     # a macOS 15.2+ guest: it starts only when `tart run` is in the GUI login session of
