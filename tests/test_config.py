@@ -119,10 +119,17 @@ def test_password_is_redacted_in_repr() -> None:
         ({"command": "   "}, "command", ["program"]),
         ({"command": "make", "args": ["a", "b\0c"]}, "args[1]", ["NUL"]),
         (
-            {"command": "make", "directory": [directory(path="/a", name="alloc")]},
+            {"command": "make", "directory": [directory(path="/a", name="alloc-data")]},
             "directory[0].name",
-            ["reserved", "alloc/"],
+            ["reserved", "alloc-data/"],
         ),
+        # A timeout of 309 digits is infinite as a float; one past INT_MAX seconds is more
+        # than BSD's sleep(1) takes; both used to fail only after the clone and boot.
+        ({"command": "make", "timeout": "9" * 309 + "s"}, "timeout", ["292 years"]),
+        ({"command": "make", "timeout": "600000h"}, "timeout", ["at most 2147483647s"]),
+        # One argument of sh -c carries them all, and Linux caps one argument at 128 KiB.
+        ({"command": "make", "args": ["x" * 70000]}, "args", ["65536", "local/"]),
+        ({"command": "make", "args": ["'" * 20000]}, "args", ["bytes as the guest's shell"]),
         ({"command": "make", "pull_only": True}, "command", ["pull_only"]),
     ],
 )

@@ -9,6 +9,8 @@ name and tag). The hclspec Nomad decodes the job with is derived from these Stru
 from __future__ import annotations
 
 import ipaddress
+import os
+import shlex
 from typing import Annotated, ClassVar, Final
 
 from msgspec import Meta
@@ -22,9 +24,20 @@ NETWORK_MODES: Final = (*NAT_MODES, "host", "bridged", "softnet")
 CACHING_MODES: Final = ("automatic", "uncached", "cached")
 SYNC_MODES: Final = ("fsync", "full", "none")
 SECRETS_SHARE: Final = "secrets"
-#: With a command, the task's local/ and the allocation's alloc/ are shared beside secrets/.
-COMMAND_SHARES: Final = ("local", "alloc")
+#: With a command, these are shared read-write beside secrets/: (name in the guest, path
+#: under the allocation directory). Of the allocation's alloc/ only data/ and tmp/: its
+#: logs/ holds every task's log FIFOs and rotated logs, which are Nomad's, not the guest's.
+COMMAND_SHARES: Final = (
+    ("local", "{task}/local"),
+    ("alloc-data", "alloc/data"),
+    ("alloc-tmp", "alloc/tmp"),
+)
 DEFAULT_TAG: Final = "com.apple.virtio-fs.automount"
+#: The longest ``timeout``: BSD's sleep(1), macOS's, refuses more than INT_MAX seconds.
+TIMEOUT_MAX_SECONDS: Final = 2**31 - 1
+#: ``command`` and ``args``, quoted for the guest's shell, travel with the runner script as
+#: one argument of ``sh -c``; Linux caps one argument at 128 KiB (MAX_ARG_STRLEN).
+COMMAND_LINE_MAX: Final = 64 << 10
 DEFAULT_LOG_COMMAND: Final = ("/usr/bin/log", "stream", "--style", "syslog", "--level", "info")
 
 
@@ -212,6 +225,14 @@ def share_name(directory: Directory) -> str | None:
     return directory.path.rstrip("/").rsplit("/", 1)[-1] or None
 
 
+def command_shares(alloc_dir: str, task_name: str) -> list[tuple[str, str]]:
+    """A command task's read-write shares: (name in the guest, host path)."""
+    return [
+        (name, os.path.join(alloc_dir, *path.format(task=task_name).split("/")))
+        for name, path in COMMAND_SHARES
+    ]
+
+
 def share_tag(directory: Directory) -> str:
     """The VirtioFS tag a share is attached with."""
     if directory.options is not None and directory.options.tag is not None:
@@ -284,7 +305,8 @@ def validate_task_config(config: TaskConfig) -> None:
     if config.root_disk is not None:
         _validate_root_disk(config.root_disk)
     _validate_command(config)
-    reserved = (SECRETS_SHARE, *COMMAND_SHARES) if config.command else (SECRETS_SHARE,)
+    reserved = (SECRETS_SHARE, *(name for name, _ in COMMAND_SHARES))
+    reserved = reserved if config.command else (SECRETS_SHARE,)
     _validate_directories(config.directory, reserved)
 
 
@@ -311,3 +333,17 @@ def _validate_command(config: TaskConfig) -> None:
             raise ConfigError("timeout", str(exc)) from None
         if seconds < 1:
             raise ConfigError("timeout", "must be at least 1s")
+        if seconds > TIMEOUT_MAX_SECONDS:
+            raise ConfigError(
+                "timeout",
+                f"must be at most {TIMEOUT_MAX_SECONDS}s (about 68 years): the guest's sleep "
+                "takes no longer",
+            )
+    quoted = len(" ".join(shlex.quote(word) for word in (config.command, *config.args)))
+    if quoted > COMMAND_LINE_MAX:
+        raise ConfigError(
+            "args",
+            f"command and args take {quoted} bytes as the guest's shell receives them; at most "
+            f"{COMMAND_LINE_MAX} fit in the one argument Linux guests allow. Put large "
+            "inputs in a file instead (a template or artifact in local/)",
+        )

@@ -12,7 +12,9 @@ import trio
 
 from tart_trio._config.decode import decode_plugin_config, decode_task_config
 from tart_trio._config.plugin import PluginConfig
+from tart_trio._config.task import command_shares
 from tart_trio._driver import capabilities, fingerprint, stats
+from tart_trio._driver.diskguard import guard_shares
 from tart_trio._driver.events import EventBus
 from tart_trio._driver.names import VMNames
 from tart_trio._driver.policy import check_task, share_with_tart_user
@@ -107,6 +109,9 @@ class Driver:
             # VMs on its own; the throwaway fingerprint and validation launches never do.
             await self._serving.wait()
             nursery.start_soon(prepull.keep_images, self._prepull_context())
+            nursery.start_soon(
+                guard_shares, lambda: list(self._tasks.values()), lambda: self.config.disk_reserve
+            )
             await run_reconciler(self._tart, self.names.owned, lambda: self.config.gc_config)
 
     def plugin_info(self) -> PluginInfo:
@@ -303,8 +308,7 @@ class Driver:
         secrets = os.path.join(task.alloc_dir, task.name, "secrets")
         share_with_tart_user(config, secrets, ctx.tart.user)
         if config.command:
-            local = os.path.join(task.alloc_dir, task.name, "local")
-            share_command_dirs(local, os.path.join(task.alloc_dir, "alloc"), ctx.tart.user)
+            share_command_dirs(command_shares(task.alloc_dir, task.name), ctx.tart.user)
         vm_name = await self.names.claim(task, ctx.tart)
         emit = self._emitter(task)
         runner: TaskRunner

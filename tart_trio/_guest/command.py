@@ -24,9 +24,10 @@ start again from those offsets: no gap, no duplicate.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
 import msgspec
 import trio
@@ -34,9 +35,15 @@ import trio
 from tart_trio._guest import scripts, session, ssh
 from tart_trio._guest.cursor import CursorFile
 from tart_trio._guest.sink import Checkpoints, Sink
+from tart_trio._guest.status import Outcome, StatusReader
 
 log = logging.getLogger("command")
 
+#: Longest line of the command's stdout held back while it shares the stdout sink with
+#: guest logs (``guest_logs = true``), as for guest log lines.
+LINE_LIMIT: Final = 1 << 20
+#: Most the launch may print before the runner's answer (a login shell's greetings).
+LAUNCH_REPLY_MAX: Final = 64 << 10
 RETRY_MIN: Final = 0.5
 RETRY_MAX: Final = 5.0
 
@@ -50,14 +57,6 @@ class Offsets(msgspec.Struct, frozen=True):
 
     out: int = 0
     err: int = 0
-
-
-class Outcome(msgspec.Struct, frozen=True):
-    """How the command ended: its exit status, or why there is none."""
-
-    how: Literal["exited", "lost", "missing"]
-    exit_code: int = 0
-    timed_out: bool = False
 
 
 async def launch(
@@ -85,19 +84,43 @@ async def launch(
         await process.write(f"{password}\n".encode() + env)
         await process.close_stdin()
         output = bytearray()
-        while b"\n" not in output and len(output) < 65536:
+        reply: int | str | None = None
+        while reply is None and len(output) < LAUNCH_REPLY_MAX:
             data = await process.read_stdout()
             if not data:
                 break
-            output += data
-        line = bytes(output).split(b"\n", 1)[0].decode(errors="replace").strip()
-        if line.startswith("tart-command-started "):
+            done = output.rfind(b"\n") + 1  # lines before it were looked at already
+            output += data[: LAUNCH_REPLY_MAX - len(output)]
+            reply = launch_reply(output[done:])
+        if isinstance(reply, int):
             await process.detach()
-            return int(line.split()[1])
+            return reply
     finally:
         await process.close()
-    reason = line.removeprefix("tart-command-error ").strip() or "the runner said nothing"
+    reason = reply or "the runner said nothing"
     raise CommandError(f"the command could not be started in the guest: {reason}")
+
+
+def launch_reply(output: bytes | bytearray) -> int | str | None:
+    """What the launch said so far: the runner's pid, the reason it failed, or None yet.
+
+    The guest user's shell may print text of its own before the runner speaks (a
+    ``.zshenv``, a ``.bashrc`` under sshd), so every complete line is looked at; a pid that
+    is not a plain decimal of a real process id counts as no answer.
+    """
+    for raw in bytes(output).split(b"\n")[:-1]:
+        words = raw.decode(errors="replace").split()
+        if words[:1] == ["tart-command-started"]:
+            if (
+                len(words) == 2
+                and re.fullmatch("[0-9]{1,10}", words[1])
+                and 0 < int(words[1]) < 2**31
+            ):
+                return int(words[1])
+            return f"it reported no process id ({' '.join(words)[:80]!r})"
+        if words[:1] == ["tart-command-error"]:
+            return " ".join(words[1:])[:500] or "no reason given"
+    return None
 
 
 async def send_signal(guest: ssh.Guest, job: str, name: str) -> bool:
@@ -127,7 +150,7 @@ class _Stream:
         self.scope: trio.CancelScope | None = None
         self._checkpoints = checkpoints
         self._whole_lines = prefix_lines
-        self._partial = b""
+        self._partial = bytearray()
 
     @property
     def complete(self) -> bool:
@@ -136,8 +159,8 @@ class _Stream:
     def set_end(self, end: int) -> None:
         self.end = end
         if self.complete and self._partial:
-            self._feed(self._partial)
-            self._partial = b""
+            self._feed(bytes(self._partial))
+            self._partial.clear()
         self._stop_if_complete()
 
     def on_data(self, data: bytes) -> None:
@@ -145,18 +168,31 @@ class _Stream:
             data = data[: max(self.end - self.received, 0)]
         self.received += len(data)
         if self._whole_lines:  # the stdout sink is shared with guest logs: whole lines only
-            data = self._partial + data
-            cut = data.rfind(b"\n") + 1
-            if self.complete:
-                cut = len(data)
-            data, self._partial = data[:cut], data[cut:]
-        if data:
+            self._whole_lines_of(data)
+        elif data:
             self._feed(data)
         self._stop_if_complete()
 
-    def _feed(self, data: bytes) -> None:
-        self.sink.feed(data)
-        self.fed += len(data)
+    def _whole_lines_of(self, data: bytes) -> None:
+        """Feed complete lines, hold the unfinished one; past ``LINE_LIMIT`` it goes out
+        with a line break of its own (as guest log lines do), so a line without end can
+        neither grow the plugin's memory nor keep the sink's backpressure from working."""
+        cut = data.rfind(b"\n") + 1
+        if self.complete:
+            cut = len(data)
+        if cut:
+            self._feed(bytes(self._partial) + data[:cut])
+            self._partial.clear()
+            data = data[cut:]
+        self._partial += data
+        while len(self._partial) >= LINE_LIMIT:
+            line = bytes(self._partial[:LINE_LIMIT])
+            del self._partial[:LINE_LIMIT]
+            self._feed(line, b"\n")
+
+    def _feed(self, data: bytes, extra: bytes = b"") -> None:
+        self.sink.feed(data + extra)
+        self.fed += len(data)  # bytes of the guest's file: where a follower resumes
         self._checkpoints.mark(self.fed)
 
     def close(self) -> None:
@@ -164,7 +200,7 @@ class _Stream:
 
     def restart_point(self) -> int:
         """Where a new follower starts: after the bytes fed (a held partial line is re-read)."""
-        self._partial = b""
+        self._partial.clear()
         self.received = self.fed
         return self.fed
 
@@ -222,9 +258,9 @@ class CommandWatch:
         delay = RETRY_MIN
         try:
             while True:
+                began = trio.current_time()
                 try:
                     async with ssh.open_guest(self._address) as guest:
-                        delay = RETRY_MIN
                         await self._follow(guest)
                 except ssh.HostKeyMismatch:
                     raise
@@ -233,6 +269,8 @@ class CommandWatch:
                 if self.outcome is not None and all(s.complete for s in self._streams):
                     return self.outcome
                 self.reconnected = True
+                if trio.current_time() - began >= RETRY_MAX:
+                    delay = RETRY_MIN  # it ran a while: come back quickly after a reboot
                 await trio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
         finally:
@@ -271,30 +309,14 @@ class CommandWatch:
             raise ssh.GuestError(f"following the command's {stream.file} ended early")
 
     async def _wait_outcome(self, guest: ssh.Guest) -> None:
-        lines = bytearray()
-        timed_out = False
+        reader = StatusReader()
         done = trio.Event()
 
         def on_data(data: bytes) -> None:
-            nonlocal timed_out
-            lines.extend(data)
-            while b"\n" in lines:
-                raw, _, rest = bytes(lines).partition(b"\n")
-                lines[:] = rest
-                words = raw.decode(errors="replace").split()
-                if not words:
-                    continue
-                if words[0] == "timeout":
-                    timed_out = True
-                elif words[0] in ("exit", "lost") and len(words) >= 3:
-                    code = int(words[1]) if words[0] == "exit" else 0
-                    ends = [int(w) for w in words[-2:]]
-                    how: Literal["exited", "lost"] = "exited" if words[0] == "exit" else "lost"
-                    self._settle(Outcome(how=how, exit_code=code, timed_out=timed_out), ends)
-                    done.set()
-                elif words[0] == "missing":
-                    self._settle(Outcome(how="missing"), [0, 0])
-                    done.set()
+            settled = reader.feed(data)
+            if settled is not None and not done.is_set():
+                self._settle(settled.outcome, [settled.out_end, settled.err_end])
+                done.set()
 
         process = await session.open_process(guest, scripts.script(scripts.WAIT_SCRIPT, self._job))
         try:
@@ -322,7 +344,8 @@ class CommandWatch:
             return
         self.outcome = outcome
         for stream, end in zip(self._streams, ends, strict=True):
-            stream.set_end(max(end, stream.fed) if outcome.how == "missing" else end)
+            known = outcome.how in ("exited", "lost")
+            stream.set_end(end if known else max(end, stream.fed))
         self._check()
 
 
@@ -347,6 +370,12 @@ def offsets_path(runtime_dir: str) -> Path:
 
 def describe(outcome: Outcome) -> str:
     """A sentence for an outcome without an exit status."""
+    if outcome.how == "malformed":
+        return (
+            "the command's status file in the guest holds a line the runner never writes "
+            f"({outcome.detail!r}): something in the guest wrote it, so the command's exit "
+            "status is unknown"
+        )
     if outcome.how == "missing":
         return "the command's runner never started in the guest (its job directory is missing)"
     return (

@@ -18,7 +18,8 @@ from tart_trio._config.task import DEFAULT_TAG
 
 JOBS_DIR: Final = ".nomad-tart"
 RUNNER_NAME: Final = "tart-command"
-#: Where the default-tag shares (secrets/, local/, alloc/, directory blocks) are in the guest.
+#: Where the default-tag shares (secrets/, local/, alloc-data/, alloc-tmp/, directory blocks)
+#: are in the guest.
 SHARES_ROOT: Final = {"darwin": "/Volumes/My Shared Files", "linux": "/mnt/shared"}
 #: After the time limit: SIGTERM, then this long before SIGKILL.
 TIMEOUT_GRACE: Final = 10
@@ -57,12 +58,16 @@ SIGNALS: Final = frozenset(
     ]
 )
 _NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+#: Variables the guest's ``/bin/sh`` will not let a script set: bash (macOS's ``/bin/sh``
+#: is bash in POSIX mode) aborts the script at ``export UID=...``. Left out of the env file.
+READONLY_NAMES: Final = frozenset({"BASHOPTS", "BASH_VERSINFO", "EUID", "PPID", "SHELLOPTS", "UID"})
 
 # argv: JOB ROOT OS LIMIT GRACE WORKDIR COMMAND [ARG...]
 # stdin: the guest password (one line, for `sudo mount` in Linux guests), then the env file.
 LAUNCH_SCRIPT: Final = r"""
 __tt_jobs="$HOME/.nomad-tart"
 __tt_j="$__tt_jobs/$1"; __tt_root=$2; __tt_os=$3; __tt_limit=$4; __tt_grace=$5; __tt_dir=$6
+__tt_drain=5
 shift 6
 umask 077
 mkdir -p "$__tt_jobs" && mkdir "$__tt_j" 2>/dev/null || {
@@ -80,19 +85,50 @@ if [ "$__tt_os" = linux ] && ! mountpoint -q "$__tt_root" 2>/dev/null; then
   }
 fi
 __tt_pw=
-case $__tt_dir in /*) ;; *) __tt_dir="$__tt_root/$__tt_dir" ;; esac
-cd "$__tt_dir" 2>/dev/null || { echo "tart-command-error no such directory: $__tt_dir"; exit 72; }
+# $NOMAD_ALLOC_DIR in the guest: data/ and tmp/ of the allocation's alloc/, never its logs/.
+mkdir "$__tt_j/alloc" && ln -s "$__tt_root/alloc-data" "$__tt_j/alloc/data" &&
+  ln -s "$__tt_root/alloc-tmp" "$__tt_j/alloc/tmp" || {
+  command -p rm -f "$__tt_j/env"
+  echo "tart-command-error cannot create $__tt_j/alloc"; exit 70
+}
+case $__tt_dir in
+  /*) ;;
+  alloc | alloc/*) __tt_dir="$__tt_j/$__tt_dir" ;;
+  *) __tt_dir="$__tt_root/$__tt_dir" ;;
+esac
+cd "$__tt_dir" 2>/dev/null || {
+  command -p rm -f "$__tt_j/env"
+  echo "tart-command-error no such directory: $__tt_dir"; exit 72
+}
+( . "$__tt_j/env" ) >/dev/null 2>&1 || {
+  command -p rm -f "$__tt_j/env"
+  echo "tart-command-error the guest's /bin/sh refused the task's environment"; exit 73
+}
 : > "$__tt_j/out"; : > "$__tt_j/err"; : > "$__tt_j/status"
 echo "$$ $(echo $(ps -o lstart= -p $$))" > "$__tt_j/pid"
 echo "tart-command-started $$"
 exec </dev/null >>"$__tt_j/out" 2>>"$__tt_j/runner.log"
 trap : HUP INT QUIT TERM USR1 USR2 ALRM
+# On Linux the command writes into pipes, copied into out and err by readers in a session
+# of their own (signals to the command's group do not reach them): a regular file as
+# stdout would be truncated by `> /dev/stdout` or `tee /dev/stderr`, which reopen it there.
+# macOS's /dev/fd duplicates the descriptor instead, and has no setsid.
+__tt_pipes=
+if [ "$__tt_os" = linux ] && command -v setsid >/dev/null 2>&1 &&
+  command -p mkfifo "$__tt_j/out.pipe" "$__tt_j/err.pipe" 2>/dev/null; then
+  __tt_pipes=1
+  setsid cat < "$__tt_j/out.pipe" >> "$__tt_j/out" 2>/dev/null &
+  __tt_cout=$!
+  setsid cat < "$__tt_j/err.pipe" >> "$__tt_j/err" 2>/dev/null &
+  __tt_cerr=$!
+fi
 . "$__tt_j/env"
 command -p rm -f "$__tt_j/env"
+export NOMAD_ALLOC_DIR="$__tt_j/alloc"
 if [ "$__tt_limit" != 0 ]; then
   (
     trap '' HUP INT QUIT TERM USR1 USR2 ALRM
-    command -p sleep "$__tt_limit"
+    command -p sleep "$__tt_limit" || exit 0
     echo timeout >> "$__tt_j/status"
     kill -s TERM -- "-$$" 2>/dev/null
     command -p sleep "$__tt_grace"
@@ -100,9 +136,24 @@ if [ "$__tt_limit" != 0 ]; then
   ) &
   __tt_watchdog=$!
 fi
-( exec "$@" ) 2>>"$__tt_j/err"
+if [ -n "$__tt_pipes" ]; then
+  ( exec "$@" ) >"$__tt_j/out.pipe" 2>"$__tt_j/err.pipe"
+else
+  ( exec "$@" ) 2>>"$__tt_j/err"
+fi
 __tt_code=$?
 [ -z "${__tt_watchdog:-}" ] || kill -s KILL "$__tt_watchdog" 2>/dev/null
+if [ -n "$__tt_pipes" ]; then
+  # The readers end when the last writer is gone; a process the command left running
+  # may hold the pipes, so wait at most $__tt_drain seconds (then stop waiting, not them).
+  ( command -p sleep "$__tt_drain"; : > "$__tt_j/drained"; kill -s ALRM $$ ) &
+  __tt_timer=$!
+  while kill -0 "$__tt_cout" 2>/dev/null || kill -0 "$__tt_cerr" 2>/dev/null; do
+    [ -e "$__tt_j/drained" ] && break
+    wait "$__tt_cout" "$__tt_cerr" 2>/dev/null
+  done
+  kill -s KILL "$__tt_timer" 2>/dev/null
+fi
 unset IFS  # the task's environment may have set PATH or IFS: the runner uses neither
 set -- $(command -p wc -c < "$__tt_j/out") $(command -p wc -c < "$__tt_j/err")
 echo "exit $__tt_code $1 $2" >> "$__tt_j/status"
@@ -150,7 +201,7 @@ def script(text: str, *args: str) -> list[str]:
 
 
 def shares_root(guest_os: str) -> str:
-    """The guest's view of the shared task directory (secrets/, local/, alloc/ in it)."""
+    """Where the guest sees the task's shares (secrets/, local/, alloc-data/, alloc-tmp/)."""
     return SHARES_ROOT.get(guest_os, SHARES_ROOT["darwin"])
 
 
@@ -158,22 +209,25 @@ def env_file(env: Mapping[str, str], root: str) -> tuple[bytes, list[str]]:
     """The task environment as ``export`` lines for ``sh``; and the names left out.
 
     The directory variables point at the guest's view of the shares. Names a shell
-    cannot export (``a.b``), and values with a NUL byte, are left out and returned (names
-    only), so that the caller can say so.
+    cannot export (``a.b``), names the guest's shell keeps read-only (``UID``), and values
+    with a NUL byte, are left out and returned (names only), so that the caller can say so.
     """
     variables = dict(env)
-    variables.update(
-        NOMAD_ALLOC_DIR=f"{root}/alloc",
-        NOMAD_TASK_DIR=f"{root}/local",
-        NOMAD_SECRETS_DIR=f"{root}/secrets",
-    )
+    variables.update(NOMAD_TASK_DIR=f"{root}/local", NOMAD_SECRETS_DIR=f"{root}/secrets")
+    variables.pop("NOMAD_ALLOC_DIR", None)  # the runner's: its view of alloc/data and tmp
     lines, skipped = [], []
     for name in sorted(variables):
-        if not _NAME.match(name) or name.startswith("__tt_") or "\0" in variables[name]:
+        value = variables[name]
+        if (
+            not _NAME.match(name)
+            or name.startswith("__tt_")
+            or name in READONLY_NAMES
+            or "\0" in value
+        ):
             skipped.append(name)
             continue
-        value = variables[name].replace("'", "'\\''")
-        lines.append(f"export {name}='{value}'\n")
+        quoted = value.replace("'", "'\\''")
+        lines.append(f"export {name}='{quoted}'\n")
     return "".join(lines).encode(), skipped
 
 

@@ -59,13 +59,18 @@ class RemoteExit(msgspec.Struct, frozen=True):
 
 
 async def _read_marker(stdout: Any, token: bytes, buf: bytearray) -> int | None:
-    """Read until the wrapper's ``TOKEN PID`` line; leave everything else in ``buf``."""
+    """Read until the wrapper's ``TOKEN PID`` line; leave what follows it in ``buf``.
+
+    What comes before the line is the login shell's, never the command's (the wrapper
+    prints the line before it becomes the command): a ``.zshenv`` that greets, say. It is
+    dropped, so that it cannot pass for the first bytes of a command's output.
+    """
     while True:
         at = buf.find(token + b" ")
         end = buf.find(b"\n", at) if at >= 0 else -1
         if end >= 0:
             field = bytes(buf[at + len(token) + 1 : end]).strip()
-            del buf[at : end + 1]
+            del buf[: end + 1]
             return int(field) if field.isdigit() else None
         if len(buf) > _MARKER_LIMIT:
             return None

@@ -133,18 +133,21 @@ def _hand_over(fd: int, path: str, user: RunAs) -> None:
     os.fchmod(fd, stat.S_IMODE(info.st_mode) | (need << 6))
 
 
-def share_command_dirs(local_dir: str, alloc_dir: str, user: RunAs | None) -> None:
-    """With tart_user, a command's guest reads and writes the task's local/ and alloc/.
+def share_command_dirs(shares: list[tuple[str, str]], user: RunAs | None) -> None:
+    """With tart_user, a command's guest reads and writes its shares: (name, path) pairs,
+    the task's local/ first, then the allocation's alloc/data and alloc/tmp.
 
-    Nomad makes both 0777. What the user cannot read in local/ (a template rendered with
+    Nomad makes them 0777. What the user cannot read in local/ (a template rendered with
     ``perms = "600"``) is handed over as for secrets/, with the same care: the guest
     writes there too, so nothing is followed and only root-owned single-link files move.
-    alloc/ holds other tasks' files and logs: it is checked, never changed.
+    The allocation's directories hold other tasks' files: they are checked, never changed.
     """
     if user is None:
         return
+    (_, local_dir), *_ = shares
     share_secrets(local_dir, user, "the task's local directory")
-    for path, field in ((local_dir, "the task's local directory"), (alloc_dir, "alloc")):
+    for name, path in shares:
+        field = "the task's local directory" if path == local_dir else name
         try:
             info = os.stat(path)
         except OSError as exc:

@@ -18,7 +18,7 @@ from typing import Final
 
 import trio
 
-from tart_trio._config.task import TaskConfig, network_mode
+from tart_trio._config.task import TaskConfig, command_shares, network_mode
 from tart_trio._errors import RecoverableError, TartTrioError
 from tart_trio._groups import single_errors
 from tart_trio._guest import disk, ssh
@@ -94,7 +94,7 @@ class Boot:
         task_dir = Path(self.task.alloc_dir) / self.task.name
         shares: list[tuple[str, str]] = []
         if self.config.command:
-            shares = [("local", str(task_dir / "local")), ("alloc", str(task_dir.parent / "alloc"))]
+            shares = command_shares(self.task.alloc_dir, self.task.name)
         run = tart.argv(
             *tart_argv.run_argv(self.vm_name, self.config, str(task_dir / "secrets"), shares)
         )

@@ -24,6 +24,7 @@ from tart_trio._config.task import TaskConfig
 from tart_trio._errors import RecoverableError, TartTrioError
 from tart_trio._guest import command, scripts, ssh
 from tart_trio._guest.sink import Sink
+from tart_trio._guest.status import Outcome
 from tart_trio._host.safefs import open_own_file
 from tart_trio._model import ExitResult, TaskEnv
 from tart_trio._task.state import DriverState
@@ -155,7 +156,7 @@ class CommandJob:
             await stderr.drained()
             finish(result)
 
-    def outcome(self, outcome: command.Outcome, reconnected: bool) -> ExitResult:
+    def outcome(self, outcome: Outcome, reconnected: bool) -> ExitResult:
         if outcome.how == "exited":
             code = outcome.exit_code
             signum = code - 128 if 128 < code <= 128 + 64 else 0

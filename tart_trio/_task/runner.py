@@ -274,6 +274,13 @@ class TaskRunner:
                 {"vm": self.vm_name, "exit_code": str(result.exit_code)},
             )
 
+    async def end(self, reason: str) -> None:
+        """End a running task now, with ``reason`` as its error (the driver's decision)."""
+        if self.exited.is_set():
+            return
+        self.finish(ExitResult(exit_code=1, err=reason))
+        await self._power_off(0)
+
     def adopt(self, state: DriverState) -> None:
         """Take over a VM an earlier plugin process started (recovery)."""
         self.state = state
