@@ -259,18 +259,22 @@ class CommandWatch:
         try:
             while True:
                 began = trio.current_time()
+                error = "the connection closed"
                 try:
                     async with ssh.open_guest(self._address) as guest:
                         await self._follow(guest)
                 except ssh.HostKeyMismatch:
                     raise
                 except ssh.GuestError as exc:
-                    log.debug("command output unavailable", extra={"error": str(exc)})
+                    error = str(exc)
                 if self.outcome is not None and all(s.complete for s in self._streams):
                     return self.outcome
                 self.reconnected = True
                 if trio.current_time() - began >= RETRY_MAX:
                     delay = RETRY_MIN  # it ran a while: come back quickly after a reboot
+                log.debug(
+                    "command output unavailable", extra={"error": error, "retry_in": delay}
+                )
                 await trio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
         finally:

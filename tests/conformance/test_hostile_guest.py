@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import trio
 
-from tests.conformance.conftest import until
+from tests.conformance.conftest import launch_args, plugin_log, until
 from tests.conformance.nomadsim import NomadSim, NomadSimError
-from tests.conformance.test_command import job, launch, start
+from tests.conformance.test_command import PLUGIN_CONFIG, job, launch, start
 from tests.conformance.test_exec import exec_task
 from tests.conformance.test_lifecycle import collect, vm_names
 from tests.faketart.fixtures import LINUX_IMAGE, MACOS_IMAGE, FakeTart, needs_guest_reason
@@ -267,3 +267,22 @@ async def test_a_guest_that_fills_its_shares_is_stopped_at_the_reserve_and_other
         await finished(sim, neighbour)
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+async def test_a_guest_that_breaks_the_output_followers_is_retried_with_growing_pauses(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    """The guest removes its output file and kills the follower: each new follower fails
+    at once, and the plugin waits longer each time instead of reconnecting twice a second."""
+    log = tmp_path / "plugin.log"
+    env = {**fake_tart.env(), "NOMAD_DRIVER_TART_LOG_LEVEL": "debug"}
+    await sim.call("launch", **launch_args(log, **env))
+    await sim.call("set_config", hcl=PLUGIN_CONFIG, with_nomad_config=True)
+    script = 'rm -f "$HOME"/.nomad-tart/*/out\npkill -f "[t]ail -c" || true\nsleep 9\n'
+    task = await start(sim, job(script, image=LINUX_IMAGE))
+    done = await finished(sim, task)
+    assert done["result"]["exit_code"] == 1 and "status" in done["err"], done
+    said = plugin_log(log)
+    pauses = [e["retry_in"] for e in said if e["@message"] == "command output unavailable"]
+    assert len(pauses) >= 3, pauses
+    assert pauses == sorted(pauses) and pauses[:3] == [0.5, 1.0, 2.0], pauses
