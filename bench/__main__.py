@@ -1,6 +1,6 @@
 """``python -m bench``: run every benchmark, write BENCHMARKS.md and build/bench-results.json.
 
-Options: ``--only startup,decode,tasks,logs,fingerprint,command`` (a subset) and ``--quick``
+Options: ``--only startup,decode,tasks,logs,fingerprint,command,hostile`` (a subset) and ``--quick``
 (fewer runs, for trying the harness) write ``build/BENCHMARKS.partial.md`` and
 ``build/bench-results.partial.json`` instead, so they never replace the full report;
 ``--output PATH`` chooses the Markdown file.
@@ -21,12 +21,12 @@ from typing import Any
 
 import trio
 
-from bench import command, decode, fingerprint, logs, report, startup, tasks
+from bench import command, decode, fingerprint, hostile, logs, report, startup, tasks
 from bench.rig import sweep_stale
 from bench.util import busy_fraction, machine, versions
 
 REPO = Path(__file__).resolve().parent.parent
-ALL = ("startup", "decode", "tasks", "logs", "fingerprint", "command")
+ALL = ("startup", "decode", "tasks", "logs", "fingerprint", "command", "hostile")
 
 
 def _params(quick: bool) -> dict[str, dict[str, Any]]:
@@ -38,6 +38,7 @@ def _params(quick: bool) -> dict[str, dict[str, Any]]:
             "logs": {"runs": 2, "tasks": 3, "rounds": 1, "calls": 30, "exec_calls": 3},
             "fingerprint": {"runs": 3, "images": 50},
             "command": {"runs": 2},
+            "hostile": {"tasks": 3, "rounds": 1, "calls": 30},
         }
     return {
         "startup": {"runs": 7},
@@ -46,6 +47,7 @@ def _params(quick: bool) -> dict[str, dict[str, Any]]:
         "logs": {"runs": 5, "tasks": 10, "rounds": 3, "calls": 100, "exec_calls": 5},
         "fingerprint": {"runs": 15, "images": 50},
         "command": {"runs": 7},
+        "hostile": {"tasks": 10, "rounds": 3, "calls": 200},
     }
 
 
@@ -57,6 +59,7 @@ async def _run_all(names: list[str], params: dict[str, dict[str, Any]]) -> dict[
         "logs": logs,
         "fingerprint": fingerprint,
         "command": command,
+        "hostile": hostile,
     }
     results: dict[str, Any] = {}
     async with trio.open_nursery() as nursery:
