@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 from bench.util import fmt_bytes, fmt_seconds
@@ -956,6 +958,34 @@ class Report:
             "",
         )
 
+    def suite(self) -> None:
+        """The test suite's time, from ``bench/suite-times.json`` (measured, not run here:
+        the suite takes minutes, and its "before" is another commit)."""
+        path = Path(__file__).resolve().parent / "suite-times.json"
+        if not path.exists():
+            return
+        runs = json.loads(path.read_text())
+        self.add("## 10. The test suite", "")
+        rows = [
+            [
+                f"`{r['command']}` at `{r['commit']}` ({r['label']})",
+                f"{r['total_seconds'] / 60:.1f} min",
+                f"pytest {r['pytest_seconds']:.0f} s, {r['tests']} tests, {r['workers']}",
+                r["date"],
+            ]
+            for r in runs
+        ]
+        self.add(
+            "| Run | Whole command | Of which | Measured |",
+            "|---|---|---|---|",
+            *("| " + " | ".join(row) + " |" for row in rows),
+            "",
+            "Measured on this machine (2 cores) from a fresh clone with the virtualenv already "
+            "installed from the lock (a warm package cache); each time is the wall time of the "
+            "whole command, lint and typecheck included. Recorded in `bench/suite-times.json`.",
+            "",
+        )
+
     # ---- whole document ---------------------------------------------------------------------
 
     def fingerprint(self, r: dict[str, Any]) -> None:
@@ -1027,6 +1057,7 @@ class Report:
             self.command(res["command"])
         if "hostile" in res:
             self.hostile(res["hostile"])
+        self.suite()
         body = self.lines[body_start:]
         m = doc["machine"]
         head = [
@@ -1077,7 +1108,7 @@ class Report:
             "## Method",
             "",
             "- Harness: `bench/` (`python -m bench [--only startup,decode,tasks,logs,fingerprint,"
-            "command] "
+            "command,hostile] "
             "[--quick]`). It drives the real plugin executable through nomadsim (the Go "
             "Nomad-client stand-in on Debian's go-plugin 1.0.1) against the fake `tart` with "
             "real SSH guests (`docs/nomad-standin.md`, `docs/fake-tart.md`). Raw numbers: "

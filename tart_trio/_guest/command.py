@@ -272,9 +272,7 @@ class CommandWatch:
                 self.reconnected = True
                 if trio.current_time() - began >= RETRY_MAX:
                     delay = RETRY_MIN  # it ran a while: come back quickly after a reboot
-                log.debug(
-                    "command output unavailable", extra={"error": error, "retry_in": delay}
-                )
+                log.debug("command output unavailable", extra={"error": error, "retry_in": delay})
                 await trio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
         finally:
