@@ -655,6 +655,24 @@ def needs_guest_reason() -> str | None:
 VMM = HERE / "faketart" / "vmm.py"
 
 
+#: Serialises account changes machine-wide: test processes running side by side (pytest-xdist
+#: workers, other checkouts) create the same accounts, and useradd, groupadd and usermod
+#: fail rather than wait while another one holds /etc/passwd or /etc/group.
+ACCOUNTS_LOCK = Path("/tmp/faketart-accounts.lock")
+
+
+@contextlib.contextmanager
+def _accounts_locked() -> Iterator[None]:
+    import fcntl
+
+    fd = os.open(ACCOUNTS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def ensure_user(name: str) -> Any:
     """A local account (created on first use, needs root) with its home under /tmp.
 
@@ -663,17 +681,18 @@ def ensure_user(name: str) -> Any:
     import pwd
 
     home = Path("/tmp") / f"{name}-home"
-    home.mkdir(mode=0o755, exist_ok=True)
-    created = subprocess.run(
-        ["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/sh", name],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if created.returncode not in (0, 9):  # 9: the account exists already
-        raise RuntimeError(f"useradd {name}: {created.stderr.strip()}")
-    entry = pwd.getpwnam(name)
-    os.chown(home, entry.pw_uid, entry.pw_gid)
+    with _accounts_locked():
+        home.mkdir(mode=0o755, exist_ok=True)
+        created = subprocess.run(
+            ["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/sh", name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if created.returncode not in (0, 9):  # 9: the account exists already
+            raise RuntimeError(f"useradd {name}: {created.stderr.strip()}")
+        entry = pwd.getpwnam(name)
+        os.chown(home, entry.pw_uid, entry.pw_gid)
     return entry
 
 
@@ -681,10 +700,14 @@ def ensure_groups(user: str, groups: list[str]) -> list[int]:
     """Make ``user`` a member of ``groups`` (created on first use); returns their gids."""
     import grp
 
-    for group in groups:
-        subprocess.run(["groupadd", "-f", group], check=True)
-    subprocess.run(["usermod", "-a", "-G", ",".join(groups), user], check=True)
-    return [grp.getgrnam(group).gr_gid for group in groups]
+    with _accounts_locked():
+        for group in groups:
+            subprocess.run(["groupadd", "-f", group], check=True)
+        # Only when something is missing: /etc/group is not rewritten under tests that
+        # read it meanwhile.
+        if any(user not in grp.getgrnam(group).gr_mem for group in groups):
+            subprocess.run(["usermod", "-a", "-G", ",".join(groups), user], check=True)
+        return [grp.getgrnam(group).gr_gid for group in groups]
 
 
 #: More supplementary groups than macOS's setgroups(2) takes (NGROUPS_MAX = 16).
