@@ -1,12 +1,14 @@
 """The single-file zipapp (``nox -s zipapp``) runs on a machine that has only Python.
 
-One zipapp is built per test session with ``tools/build_zipapp.py`` for this platform, then
-run by a Python that sees no third-party package: by hand, and as
-``plugin_dir/nomad-driver-tart`` under the Go Nomad-client stand-in.
+One zipapp is built per test run (pytest-xdist workers share it) with
+``tools/build_zipapp.py`` for this platform, then run by a Python that sees no third-party
+package: by hand, and as ``plugin_dir/nomad-driver-tart`` under the Go Nomad-client
+stand-in.
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import pwd
@@ -44,10 +46,33 @@ def _load_tool() -> ModuleType:
     return module
 
 
+def _run_scope(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The temporary directory of the whole test run: with pytest-xdist, that of every worker."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def zipapp_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The zipapp for this platform and Python, built once per session."""
-    output = tmp_path_factory.mktemp("zipapp-build") / "nomad-driver-tart.pyz"
+    """The zipapp for this platform and Python, built once per test run.
+
+    pytest-xdist workers share it: the first one to take the lock builds it, the others wait
+    for it. Tests only read it (they install copies).
+    """
+    build_dir = _run_scope(tmp_path_factory) / "zipapp-build"
+    build_dir.mkdir(exist_ok=True)
+    output = build_dir / "nomad-driver-tart.pyz"
+    with (build_dir / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not output.exists():
+            _build_zipapp(output)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    assert os.access(output, os.X_OK)
+    assert output.read_bytes().startswith(b"#!/usr/bin/env python3\n")
+    return output
+
+
+def _build_zipapp(output: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(TOOL), "--output", str(output)],
         capture_output=True,
@@ -60,10 +85,7 @@ def zipapp_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pytest.skip(f"cannot build the zipapp, PyPI is unreachable:\n{tail}")
         pytest.fail(f"tools/build_zipapp.py failed (exit {proc.returncode}):\n{proc.stderr}")
     assert proc.stdout.startswith(str(output)), proc.stdout
-    assert os.access(output, os.X_OK)
-    assert output.read_bytes().startswith(b"#!/usr/bin/env python3\n")
     print(f"\n{proc.stdout.strip()}")
-    return output
 
 
 @pytest.fixture(scope="session")
