@@ -84,12 +84,18 @@ def nothing_left_behind(request: pytest.FixtureRequest, tmp_path: Path) -> Itera
 
 
 def _in_tmp(pid: int, tmp_path: Path) -> bool:
-    """Whether a supervisor works for this test (its TART_HOME is under tmp_path)."""
+    """Whether a supervisor works for this test (its TART_HOME is under tmp_path).
+
+    Only a whole path component counts: ``…/test_x1/`` is not under ``…/test_x``, so neither
+    another test of this process nor another process's test (pytest-xdist workers have
+    temporary directories of their own) is taken for this one.
+    """
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return False
-    return str(tmp_path).encode() in environ
+    path = str(tmp_path).encode()
+    return any(path + b"/" in entry or entry.endswith(path) for entry in environ.split(b"\0"))
 
 
 def _children_named(marker: str) -> list[int]:
