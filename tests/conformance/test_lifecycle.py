@@ -292,9 +292,10 @@ async def test_guest_shutdown_ends_the_task_with_exit_0(
 async def test_crashed_tart_run_ends_the_task_with_its_exit_code(
     sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
 ) -> None:
-    fake_tart.set_knobs("nomad-*", crash_after=1.5, crash_exit_code=3)
+    fake_tart.set_knobs("nomad-*", crash_exit_code=3)
     await launch(sim, fake_tart, tmp_path)
     started = await start(sim, _variant(""))
+    fake_tart.set_knobs("nomad-*", crash_after=0)  # the VM is up: it crashes now
     with trio.fail_after(20):
         waited = await sim.call("wait_task", task_id=started["task_id"])
     assert waited["result"]["exit_code"] == 3
