@@ -93,6 +93,7 @@ def test_every_pin_carries_hashes() -> None:
                 assert entries[i + 1].lstrip().startswith("--hash=sha256:"), (lock.name, line)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="the venv must be 3.11 to compare")
 def test_install_script_installs_exactly_the_runtime_lock(tmp_path: Path) -> None:
     prefix = tmp_path / "nomad-driver-tart"

@@ -290,6 +290,7 @@ def test_platform_tags_map_to_what_the_launcher_checks() -> None:
     assert tool.python_version("3.12") == tool.python_version("312") == (3, 12)
 
 
+@pytest.mark.slow
 async def test_a_whole_task_life_runs_from_the_zipapp(
     zipapp_file: Path, bare_python: Path, tmp_path: Path, fake_tart: FakeTart
 ) -> None:

@@ -268,6 +268,7 @@ async def test_a_guest_that_fills_its_shares_is_stopped_at_the_reserve_and_other
         subprocess.run(["umount", "-l", str(small)], check=False)
 
 
+@pytest.mark.slow
 async def test_a_guest_that_breaks_the_output_followers_is_retried_with_growing_pauses(
     sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
 ) -> None:

@@ -69,6 +69,7 @@ async def stop_all(sim: NomadSim, *tasks: dict[str, Any]) -> None:
         await sim.call("destroy_task", task_id=task["task_id"])
 
 
+@pytest.mark.slow
 async def test_pulls_that_wait_or_print_no_new_percent_are_not_stalled(
     sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
 ) -> None:

@@ -101,6 +101,7 @@ async def finish_like_nomad(sim: NomadSim, fake: FakeTart, life: Life, seed: str
     await sim.call("destroy_task", task_id=again["task_id"])
 
 
+@pytest.mark.slow
 async def test_the_plugin_killed_at_random_moments(
     sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
 ) -> None:
