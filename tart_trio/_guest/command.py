@@ -298,17 +298,31 @@ class CommandWatch:
             raise (mismatch or leaves)[0] from None
 
     async def _follow_one(self, guest: ssh.Guest, stream: _Stream) -> None:
-        with trio.CancelScope() as stream.scope:
-            start = stream.restart_point()
-            argv = scripts.script(scripts.FOLLOW_SCRIPT, self._job, stream.file, str(start + 1))
-            process = await session.open_process(guest, argv)
-            try:
-                await process.pipe_stdout(stream.on_data, stream.sink.gate)
-            finally:
-                await process.detach()  # see _leave
-        stream.scope = None
-        if not stream.complete:  # the follower ended by itself: try again after a pause
-            raise ssh.GuestError(f"following the command's {stream.file} ended early")
+        """Follow one output file; a follower that ends by itself (the guest removed the
+        file, or killed the follower) is started again on this connection after a pause
+        that doubles each time, while the waiter goes on learning the outcome."""
+        delay = RETRY_MIN
+        while True:
+            began = trio.current_time()
+            with trio.CancelScope() as stream.scope:
+                start = stream.restart_point()
+                argv = scripts.script(scripts.FOLLOW_SCRIPT, self._job, stream.file, str(start + 1))
+                process = await session.open_process(guest, argv)
+                try:
+                    await process.pipe_stdout(stream.on_data, stream.sink.gate)
+                finally:
+                    await process.detach()  # see _leave
+            stream.scope = None
+            if stream.complete:
+                return
+            if trio.current_time() - began >= RETRY_MAX:
+                delay = RETRY_MIN  # it ran a while: come back quickly
+            log.debug(
+                "command output unavailable",
+                extra={"error": f"following the command's {stream.file} ended", "retry_in": delay},
+            )
+            await trio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
 
     async def _wait_outcome(self, guest: ssh.Guest) -> None:
         reader = StatusReader()
