@@ -980,9 +980,9 @@ class Report:
             "|---|---|---|---|",
             *("| " + " | ".join(row) + " |" for row in rows),
             "",
-            "Measured on this machine (2 cores) from a fresh clone with the virtualenv already "
-            "installed from the lock (a warm package cache); each time is the wall time of the "
-            "whole command, lint and typecheck included. Recorded in `bench/suite-times.json`.",
+            "Measured on this machine (2 cores), each from a fresh clone: the whole command's "
+            "wall time, which includes making the virtualenv from the lock with pip's cache "
+            "warm (about 25 s), lint and typecheck. Recorded in `bench/suite-times.json`.",
             "",
         )
 
