@@ -61,6 +61,23 @@ class ExitResult(msgspec.Struct, frozen=True):
     err: str = ""
 
 
+class PortMapping(msgspec.Struct, frozen=True, kw_only=True):
+    """One port of the group's ``network`` block as Nomad allocated it on this node."""
+
+    label: str
+    #: The host's port (static or dynamic).
+    value: int
+    #: The port inside the task (``to``); 0 when the job does not set it.
+    to: int = 0
+    #: The host address the port is allocated on (the node's, or a host_network's).
+    host_ip: str = ""
+
+    @property
+    def guest_port(self) -> int:
+        """The port the task listens on: ``to`` when set, else the host's port (Docker's rule)."""
+        return self.to if self.to > 0 else self.value
+
+
 class NomadTask(msgspec.Struct, frozen=True, kw_only=True):
     """The parts of Nomad's TaskConfig the driver uses (the environment is a TaskEnv)."""
 
@@ -80,6 +97,8 @@ class NomadTask(msgspec.Struct, frozen=True, kw_only=True):
     user: str = ""
     #: cpu_shares / the node's usable compute (LinuxResources.PercentTicks, on every OS).
     percent_ticks: float = 0.0
+    #: The group network's ports allocated to the allocation (``resources.ports``).
+    ports: tuple[PortMapping, ...] = ()
 
     @property
     def reserved_cores(self) -> int:

@@ -9,7 +9,13 @@ import pytest
 
 from tart_trio._config.decode import decode_plugin_config, decode_task_config
 from tart_trio._config.plugin import PluginConfig
-from tart_trio._config.task import Directory, DirectoryOptions, TaskConfig, network_mode
+from tart_trio._config.task import (
+    Directory,
+    DirectoryOptions,
+    TaskConfig,
+    check_ports,
+    network_mode,
+)
 from tart_trio._errors import ConfigError
 
 
@@ -131,6 +137,9 @@ def test_password_is_redacted_in_repr() -> None:
         ({"command": "make", "args": ["x" * 70000]}, "args", ["65536", "local/"]),
         ({"command": "make", "args": ["'" * 20000]}, "args", ["bytes as the guest's shell"]),
         ({"command": "make", "pull_only": True}, "command", ["pull_only"]),
+        ({"ports": ["http", "ssh", "http"]}, "ports[2]", ["'http'", "twice"]),
+        ({"ports": [" "]}, "ports[0]", ["port label", "network block"]),
+        ({"ports": ["http"], "pull_only": True}, "ports", ["pull_only"]),
     ],
 )
 def test_bad_values_name_the_field_and_the_allowed_values(
@@ -240,8 +249,20 @@ def test_task_config_struct_is_the_documented_one() -> None:
         "work_dir",
         "timeout",
         "guest_logs",
+        "ports",
     }
     assert {n for n, f in fields.items() if f.required} == {"url"}
+
+
+def test_ports_must_be_ports_nomad_allocated_to_the_group() -> None:
+    config = decode_task_config(encoded(ports=["ssh", "http"]))
+    check_ports(config, {"ssh", "http", "metrics"})
+    with pytest.raises(ConfigError) as caught:
+        check_ports(config, {"ssh"})
+    assert caught.value.field == "ports[1]"
+    assert "'http' is not in the group's network block (its ports: ssh)" in str(caught.value)
+    with pytest.raises(ConfigError, match=r"\(its ports: none\)"):
+        check_ports(config, set())
 
 
 def test_a_pull_only_task_needs_no_guest_login() -> None:

@@ -28,7 +28,15 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 #: Generated protobuf code: imported by the rpc layer only.
 PROTO = "_proto"
 #: Helper processes run without the rest of the package: standard library and each other.
-STANDALONE = {"_host.helpers", "_host.supervisor", "_host.runas", "_host.fifo", "_host.safefs"}
+STANDALONE = {
+    "_host.helpers",
+    "_host.supervisor",
+    "_host.runas",
+    "_host.fifo",
+    "_host.safefs",
+    "_host.ports",
+    "_host.forward",
+}
 
 
 def modules() -> Iterator[tuple[str, Path]]:

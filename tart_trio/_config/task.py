@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shlex
+from collections.abc import Collection
 from typing import Annotated, ClassVar, Final
 
 from msgspec import Meta
@@ -118,6 +119,13 @@ class TaskConfig(Base, frozen=True):
     pull_only: Annotated[
         bool, doc("Only make the image present on the node, then exit 0 (no VM).")
     ] = False
+    ports: Annotated[
+        tuple[str, ...],
+        doc(
+            "Labels of the group network's ports to forward (TCP and UDP) from the host's "
+            "allocated address to the VM's port `to` (or the same port)."
+        ),
+    ] = ()
 
     # -- a command (batch and CI jobs) -------------------------------------------------
     command: Annotated[
@@ -305,9 +313,34 @@ def validate_task_config(config: TaskConfig) -> None:
     if config.root_disk is not None:
         _validate_root_disk(config.root_disk)
     _validate_command(config)
+    _validate_ports(config)
     reserved = (SECRETS_SHARE, *(name for name, _ in COMMAND_SHARES))
     reserved = reserved if config.command else (SECRETS_SHARE,)
     _validate_directories(config.directory, reserved)
+
+
+def _validate_ports(config: TaskConfig) -> None:
+    if config.ports and config.pull_only:
+        raise ConfigError("ports", "does not apply with pull_only (no VM is started)")
+    seen: set[str] = set()
+    for i, label in enumerate(config.ports):
+        if not label.strip():
+            raise ConfigError(f"ports[{i}]", "must name a port label of the group's network block")
+        if label in seen:
+            raise ConfigError(f"ports[{i}]", f"{label!r} is listed twice")
+        seen.add(label)
+
+
+def check_ports(config: TaskConfig, allocated: Collection[str]) -> None:
+    """Every label in ``ports`` is a port Nomad allocated to the group (StartTask's check)."""
+    for i, label in enumerate(config.ports):
+        if label not in allocated:
+            offered = ", ".join(sorted(allocated)) or "none"
+            raise ConfigError(
+                f"ports[{i}]",
+                f"port {label!r} is not in the group's network block (its ports: {offered}); "
+                f'declare it there, e.g. network {{ port "{label}" {{ to = 8080 }} }}',
+            )
 
 
 def _validate_command(config: TaskConfig) -> None:

@@ -12,7 +12,7 @@ import trio
 
 from tart_trio._config.decode import decode_plugin_config, decode_task_config
 from tart_trio._config.plugin import PluginConfig
-from tart_trio._config.task import command_shares
+from tart_trio._config.task import check_ports, command_shares
 from tart_trio._driver import capabilities, fingerprint, stats
 from tart_trio._driver.diskguard import guard_shares
 from tart_trio._driver.events import EventBus
@@ -303,6 +303,7 @@ class Driver:
             raise TartTrioError(f"task {task.id} is already running")
         config = decode_task_config(msgpack_config)
         check_task(self.config, config)
+        check_ports(config, {port.label for port in task.ports})
         ctx = self._context()
         await capabilities.check_task(config, ctx.tart)
         secrets = os.path.join(task.alloc_dir, task.name, "secrets")

@@ -7,7 +7,12 @@ output going to the task's stderr FIFO and to a log file, forwards stop requests
 must keep working when the plugin process is gone or replaced.
 
 Signals: SIGINT is passed on to ``tart run`` (Tart powers the VM off and exits 0);
-SIGTERM kills ``tart run`` at once with SIGKILL.
+SIGTERM kills ``tart run`` at once with SIGKILL; SIGUSR1 says that the guest's address is in
+the runtime directory's ``--guest-address-file``.
+
+Port forwards (``--forward``, see ``_host.ports``) are bound before the supervisor
+detaches, so a port that cannot be bound is its exit status (``EXIT_PORT_UNAVAILABLE``), and
+are served by ``_host.forward`` for as long as ``tart run`` runs.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
 
+from tart_trio._host import forward, ports
 from tart_trio._host.fifo import FifoWriter
 from tart_trio._host.safefs import open_own_file, open_private_dir
 
@@ -56,12 +63,43 @@ class _RuntimeDir:
     def open_log(self, name: str) -> int:
         return open_own_file(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, dir_fd=self.fd)
 
+    def read_small(self, name: str, limit: int = 256) -> bytes:
+        """The start of one of our own files; empty when it is missing or not ours."""
+        try:
+            fd = open_own_file(name, os.O_RDONLY, dir_fd=self.fd)
+        except OSError:
+            return b""
+        try:
+            return os.read(fd, limit)
+        finally:
+            os.close(fd)
+
 
 def _write_status(runtime: _RuntimeDir, name: str, status: dict[str, Any]) -> None:
     runtime.write_atomic(name, json.dumps(status).encode())
 
 
-def _run(args: argparse.Namespace, runtime: _RuntimeDir) -> int:
+def _serve_forwards(
+    args: argparse.Namespace, runtime: _RuntimeDir, bound: list[tuple[ports.Forward, socket.socket]]
+) -> None:
+    """Start the port forwarder; SIGUSR1 hands it the guest's address from the file."""
+    forwarder = forward.Forwarder(bound)
+    name = os.path.basename(args.guest_address_file or "guest-address")
+
+    def guest_known(_signum: int, _frame: object) -> None:
+        address = runtime.read_small(name).decode("ascii", "replace").strip()
+        forwarder.set_guest(address)
+
+    signal.signal(signal.SIGUSR1, guest_known)
+    guest_known(signal.SIGUSR1, None)
+    forwarder.start()
+
+
+def _run(
+    args: argparse.Namespace,
+    runtime: _RuntimeDir,
+    bound: list[tuple[ports.Forward, socket.socket]] | None = None,
+) -> int:
     log = os.fdopen(runtime.open_log(os.path.basename(args.log_file)), "ab", buffering=0)
     fifo = FifoWriter(args.stderr_fifo)
     started = time.time()
@@ -90,12 +128,14 @@ def _run(args: argparse.Namespace, runtime: _RuntimeDir) -> int:
         )
         return 0
 
-    def forward(signum: int, _frame: object) -> None:
+    def pass_on(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signal.SIGINT if signum == signal.SIGINT else signal.SIGKILL)
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, pass_on)
+    signal.signal(signal.SIGTERM, pass_on)
+    if bound:
+        _serve_forwards(args, runtime, bound)
     assert child.stdout is not None
     pid_record = json.dumps({"tart_run_pid": child.pid}).encode()
     runtime.write_atomic(os.path.basename(args.pid_file), pid_record)
@@ -137,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-file", required=True)
     parser.add_argument("--stderr-fifo")
     parser.add_argument("--owner", help="<alloc id>/<task> the VM belongs to (for ps readers)")
+    parser.add_argument(
+        "--forward", action="append", default=[], help="a port forward (see _host.ports)"
+    )
+    parser.add_argument(
+        "--guest-address-file", help="file of the runtime directory with the guest's address"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command[:1] == ["--"]:
@@ -150,6 +196,23 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         sys.stderr.write(f"nomad-driver-tart supervise: the runtime directory is unusable: {exc}\n")
         return 1
+    try:
+        forwards = [ports.Forward.parse(spec) for spec in args.forward]
+    except ValueError as exc:
+        parser.error(str(exc))
+    bound: list[tuple[ports.Forward, socket.socket]] = []
+    if forwards:
+        forward.raise_file_limit()
+        # Until the plugin tells the guest's address, its signal must not end us.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        try:
+            for one in forwards:
+                bound.append((one, ports.bind(one)))
+        except ports.PortUnavailable as exc:
+            for _, sock in bound:
+                sock.close()
+            sys.stderr.write(f"nomad-driver-tart supervise: {exc.strerror}\n")
+            return ports.EXIT_PORT_UNAVAILABLE
     pid = os.fork()
     if pid:
         sys.stdout.write(f"{pid}\n")
@@ -160,4 +223,4 @@ def main(argv: list[str] | None = None) -> int:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
-    os._exit(_run(args, runtime))
+    os._exit(_run(args, runtime, bound))

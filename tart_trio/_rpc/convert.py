@@ -17,6 +17,7 @@ from tart_trio._model import (
     Fingerprint,
     NomadTask,
     PluginInfo,
+    PortMapping,
     ProcessUsage,
     ResourceUsage,
     StdinClose,
@@ -178,6 +179,11 @@ def nomad_task(task: driver_pb2.TaskConfig) -> NomadTask:
         memory_max_mb=allocated.memory.memory_max_mb,
         user=task.user,
         percent_ticks=resources.linux_resources.PercentTicks,
+        ports=tuple(
+            PortMapping(label=port.label, value=port.value, to=port.to, host_ip=port.host_ip)
+            for port in resources.ports
+            if port.label
+        ),
     )
 
 
@@ -269,16 +275,19 @@ def start_response(
             version=1, config=request.task, state=driver_pb2.RUNNING, driver_state=driver_state
         ),
         network_override=driver_pb2.NetworkOverride(
-            addr=ip, port_map=port_map(request.task.resources.ports)
+            addr=ip, port_map=port_map(request.task.resources.ports), auto_advertise=False
         ),
     )
 
 
 def port_map(ports: Iterable[driver_pb2.PortMapping]) -> dict[str, int]:
-    """The job's port labels as the VM sees them: ``to`` when set, else the host port.
+    """The DriverNetwork: the job's port labels as the VM sees them (``to``, else the host
+    port, where the task option ``ports`` forwards them).
 
-    With ``address_mode = "driver"`` a service is registered at the VM's address and this
-    port. Nothing forwards host ports into the VM (``softnet_expose`` does that).
+    ``auto_advertise`` stays false, as Docker's default bridge: services and checks in the
+    default address mode use the host's ``host_ip:value``, which the forward serves. With
+    ``address_mode = "driver"`` Nomad registers the VM's address with a group port's ``to``
+    (this map only names ports that are not the group's).
     """
     return {port.label: port.to if port.to > 0 else port.value for port in ports if port.label}
 

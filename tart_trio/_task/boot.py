@@ -22,12 +22,13 @@ from tart_trio._config.task import TaskConfig, command_shares, network_mode
 from tart_trio._errors import RecoverableError, TartTrioError
 from tart_trio._groups import single_errors
 from tart_trio._guest import disk, ssh
-from tart_trio._host import helpers, proc
+from tart_trio._host import helpers, ports, proc
 from tart_trio._host.safefs import open_own_file
 from tart_trio._model import ExitResult, NomadTask
 from tart_trio._tart import argv as tart_argv
 from tart_trio._tart import processes, versions, vms
 from tart_trio._tart.cli import Tart, TartCommandError
+from tart_trio._task import network
 from tart_trio._task.context import TaskContext
 
 FAILED_TO_START: Final = "The virtual machine failed to start."
@@ -89,8 +90,11 @@ class Boot:
                 f"max_macos_vms is {self.ctx.max_macos_vms} (Apple allows two per host)"
             )
 
-    async def launch(self, tart: Tart) -> tuple[int, str | None]:
-        """Start the supervisor with ``tart run``; its pid and start token."""
+    async def launch(
+        self, tart: Tart, forwards: tuple[ports.Forward, ...] = ()
+    ) -> tuple[int, str | None]:
+        """Start the supervisor with ``tart run`` (and the port forwards); its pid and
+        start token."""
         task_dir = Path(self.task.alloc_dir) / self.task.name
         shares: list[tuple[str, str]] = []
         if self.config.command:
@@ -112,6 +116,7 @@ class Boot:
                 # With a command, stderr is the command's; tart run's output stays in its log.
                 os.devnull if self.config.command else self.task.stderr_path or os.devnull,
                 *processes.owner_argument(self.task.alloc_id, self.task.name),
+                *network.supervisor_arguments(self.runtime_dir, forwards),
                 "--",
                 *run,
             ),
@@ -128,6 +133,8 @@ class Boot:
         reported = result.stdout.split()
         if result.returncode != 0 or not reported or not reported[0].isdigit():
             why = result.stderr.decode(errors="replace").strip() or "it reported no pid"
+            if network.port_unavailable(result.returncode):
+                raise RecoverableError(f"cannot start the VM supervisor: {why}")
             raise TartTrioError(f"cannot start the VM supervisor: {why}")
         pid = int(reported[0])
         return pid, proc.start_time(pid)

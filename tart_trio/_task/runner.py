@@ -27,10 +27,11 @@ from tart_trio._guest import scripts, session, ssh
 from tart_trio._guest.cursor import cursor_path
 from tart_trio._guest.logs import pump_logs
 from tart_trio._guest.sink import Sink
-from tart_trio._host import proc
+from tart_trio._host import ports, proc
 from tart_trio._host.safefs import make_private_dir
 from tart_trio._model import ExitResult, NomadTask, TaskEnv, TaskPhase
 from tart_trio._tart import vms
+from tart_trio._task import network
 from tart_trio._task.boot import Boot, read_status, tail
 from tart_trio._task.context import TaskContext
 from tart_trio._task.job import CommandJob
@@ -46,6 +47,15 @@ POWER_OFF_SIGNALS: Final = frozenset({"SIGKILL", "KILL"})
 #: With a command: how long `tart stop` waits before it kills `tart run` (the VM, whose
 #: command has ended, is powered off at once: Tart's stop is a hard power-off).
 POWER_OFF_GRACE: Final = 2.0
+
+
+def _forwarding(forwards: tuple[ports.Forward, ...], ip: str) -> str:
+    """The task event that names each forwarded port once (TCP and UDP alike)."""
+    seen: dict[str, str] = {}
+    for one in forwards:
+        host = f"[{one.host_ip}]" if ":" in one.host_ip else one.host_ip or "*"
+        seen.setdefault(one.label, f"{one.label} {host}:{one.host_port} -> {ip}:{one.guest_port}")
+    return "Forwarding ports (tcp and udp): " + ", ".join(seen.values())
 
 
 class TaskStopped(TartTrioError):
@@ -129,17 +139,22 @@ class TaskRunner:
         except OSError as exc:
             raise TartTrioError(str(exc)) from None
         await self.provision.clear_earlier_attempt(tart)
-        await self.provision.clone(tart)
-        await self.provision.configure(tart)
-        guest_os = await vms.vm_os(tart, self.vm_name)
-        darwin = self.boot.darwin = guest_os == "darwin"
-        if darwin:
-            # Apple's limit: one macOS VM at a time between the slot check and tart run.
-            async with self.ctx.launch_lock:
-                await self.boot.check_macos_slots(tart)
-                self.supervisor = await self.boot.launch(tart)
-        else:
-            self.supervisor = await self.boot.launch(tart)
+        forwards = network.forwards(self.task, self.config)
+        # The ports are held from here, before the clone, until the supervisor binds them.
+        with network.reserve(forwards) as reserved:
+            await self.provision.clone(tart)
+            await self.provision.configure(tart)
+            guest_os = await vms.vm_os(tart, self.vm_name)
+            darwin = self.boot.darwin = guest_os == "darwin"
+            if darwin:
+                # Apple's limit: one macOS VM at a time between the slot check and tart run.
+                async with self.ctx.launch_lock:
+                    await self.boot.check_macos_slots(tart)
+                    reserved.release()
+                    self.supervisor = await self.boot.launch(tart, forwards)
+            else:
+                reserved.release()
+                self.supervisor = await self.boot.launch(tart, forwards)
         supervisor_pid, token = self.supervisor
         self._emit(f"VM {self.vm_name} started", {"vm": self.vm_name})
         with trio.move_on_after(self.ctx.boot_timeout) as boot:
@@ -150,6 +165,9 @@ class TaskRunner:
                 f"{self.ctx.boot_timeout:.0f}s (boot_timeout)"
             )
         self._emit(f"VM reachable at {ip}", {"vm": self.vm_name, "ip": ip})
+        if forwards:
+            network.tell_guest_address(self.runtime_dir, ip, supervisor_pid)
+            self._emit(_forwarding(forwards, ip), {"vm": self.vm_name})
         if darwin:
             self.ctx.slots.started()
         if darwin and self.config.disk_size > 0:

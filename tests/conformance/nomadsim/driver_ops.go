@@ -566,6 +566,7 @@ type taskState struct {
 	logmon  []*fifoReader
 	paths   *allocPaths
 	started time.Time
+	network *driverpb.NetworkOverride // the DriverNetwork StartTask returned
 }
 
 func (t *taskState) stopLogmon() {
@@ -708,6 +709,9 @@ func buildTaskConfig(a startTaskArgs, jobName, groupName string, host compute) (
 			"NOMAD_JOB_NAME":       cfg.JobName,
 			"NOMAD_JOB_ID":         cfg.JobId,
 			"NOMAD_NAMESPACE":      cfg.Namespace,
+		}
+		for k, v := range portEnv(cfg.GetResources().GetPorts()) {
+			defaults[k] = v
 		}
 		if r := cfg.GetResources().GetAllocatedResources(); r != nil {
 			defaults["NOMAD_CPU_LIMIT"] = strconv.FormatInt(r.GetCpu().GetCpuShares(), 10)
@@ -880,6 +884,7 @@ func opStartTask(s *sim, raw json.RawMessage) (interface{}, error) {
 	}
 	taskRunnerEvent(cfg, "Started", "Task started by client")
 	ts.handle = resp.GetHandle()
+	ts.network = resp.GetNetworkOverride()
 	s.mu.Lock()
 	if old, ok := s.tasks[cfg.Id]; ok && old != ts {
 		go old.stopLogmon()

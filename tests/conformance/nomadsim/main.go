@@ -110,6 +110,7 @@ func init() {
 		"close_stream":       opCloseStream,
 		"start_task":         opStartTask,
 		"task_state":         opTaskState,
+		"service_address":    opServiceAddress,
 		"wait_task":          opWaitTask,
 		"stop_task":          opStopTask,
 		"destroy_task":       opDestroyTask,
