@@ -78,7 +78,8 @@ def _reset(transport: asyncio.Transport) -> None:
 class _Splice(asyncio.Protocol):
     """One side of a proxied TCP connection; ``other`` is the side it writes to."""
 
-    def __init__(self, release: Callable[[], None] | None = None) -> None:
+    def __init__(self, owner: Forwarder, release: Callable[[], None] | None = None) -> None:
+        self.owner = owner
         self.transport: asyncio.Transport | None = None
         self.other: _Splice | None = None
         self.eof = False
@@ -88,6 +89,7 @@ class _Splice(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.owner.splices.add(self)
         transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
 
     def data_received(self, data: bytes) -> None:
@@ -117,6 +119,7 @@ class _Splice(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.owner.splices.discard(self)
         if self._release is not None:
             self._release()
             self._release = None
@@ -135,10 +138,15 @@ class _TcpForward:
         self.owner = owner
         self.forward = forward
         self.sock = sock
+        self.server: asyncio.Server | None = None
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
+        self.server = server = await loop.create_server(
             self._accepted, sock=self.sock, start_serving=False, backlog=128
         )
         while True:
@@ -171,7 +179,7 @@ class _TcpForward:
         """Open the guest side of a client; the client is read only once it is there."""
         assert client.transport is not None
         loop = asyncio.get_running_loop()
-        upstream = _Splice()
+        upstream = _Splice(self.owner)
         try:
             await asyncio.wait_for(
                 loop.create_connection(
@@ -195,7 +203,7 @@ class _Client(_Splice):
     """The accepted side: not read until its connection to the guest is open."""
 
     def __init__(self, port: _TcpForward) -> None:
-        super().__init__(release=port.owner.release_tcp)
+        super().__init__(port.owner, release=port.owner.release_tcp)
         self.port = port
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -279,6 +287,14 @@ class _UdpForward(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         """Errors of the host-side socket (a client that went away): nothing to do."""
 
+    def close(self) -> None:
+        for peer in list(self.peers.values()):
+            self._drop(peer)
+        if self._sweep is not None:
+            self._sweep.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
     def _open(self, address: tuple[str, int]) -> _UdpPeer | None:
         ip = self.owner.current_ip
         if not ip or self.owner.udp_peers >= UDP_PEERS_MAX:
@@ -337,13 +353,39 @@ class Forwarder:
         self._loop = asyncio.new_event_loop()
         self._known = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._thread: threading.Thread | None = None
+        self._ports: list[_TcpForward | _UdpForward] = []
+        self.splices: set[_Splice] = set()
         self.current_ip = ""
         self.tcp_connections = 0
         self.udp_peers = 0
 
     def start(self) -> None:
         """Serve in a daemon thread (it ends with the supervisor's process)."""
-        threading.Thread(target=self._run, name="forward", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="forward", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving, end every connection and let the ports go (the supervisor does
+        not need this: its process ends with the VM)."""
+        if self._thread is not None:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        for _, sock in self._bound:
+            sock.close()
+        self._loop.close()
+
+    async def _shutdown(self) -> None:
+        for port in self._ports:
+            port.close()
+        for splice in list(self.splices):
+            if splice.transport is not None:
+                splice.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        for _ in range(3):  # the transports' connection_lost callbacks
+            await asyncio.sleep(0)
 
     def set_guest(self, ip: str) -> None:
         """The guest's address (again, when it changed); callable from any thread."""
@@ -369,7 +411,7 @@ class Forwarder:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._serve())
+        self._loop.create_task(self._serve())
         self._loop.run_forever()
 
     async def _serve(self) -> None:
@@ -379,4 +421,5 @@ class Forwarder:
                 port = _TcpForward(self, forward, sock)
             else:
                 port = _UdpForward(self, forward, sock)
+            self._ports.append(port)
             self.keep(asyncio.get_running_loop().create_task(port.serve()))
