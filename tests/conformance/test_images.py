@@ -254,7 +254,8 @@ async def node_where(stream: SimStream, check: Any, messages: int = 3) -> dict[s
 async def test_the_node_offers_an_image_only_while_it_is_cached(
     sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
 ) -> None:
-    # what `constraint { attribute = "${driver.tart.images}" operator = "set_contains" }` sees
+    # what `constraint { attribute = "${attr.driver.tart.images}" operator = "set_contains" }`
+    # sees
     def offers(node: dict[str, str]) -> bool:
         return set_contains(node, IMAGES, LINUX_IMAGE)
 
