@@ -164,17 +164,14 @@ class Driver:
 
         Never returns on its own: Nomad treats an ended stream as a dead plugin.
         """
-        reported: set[str] = set()
         unexpected = _Unexpected("Fingerprint")
         while True:
             changed = self._config_changed
             current = self.slots.apply(await fingerprint.safe_fingerprint(self.config))
             try:
-                await deliver(fingerprint.with_removals(current, reported))
+                await deliver(current)
             except Exception as exc:
                 unexpected(exc)
-            else:
-                reported = {k for k, v in current.attributes.items() if v != ""}
             with trio.move_on_after(self.config.fingerprint_period_seconds):
                 await changed.wait()
 

@@ -6,7 +6,13 @@ then each concern of the host is one function (:data:`CONCERNS`) that returns a
 places no tart task here; the first problem is the health description) or a *notice* (the
 driver stays healthy, but some jobs cannot run here; notices follow "Healthy" in the
 description). A concern that fails unexpectedly becomes a problem naming it and is logged:
-nothing ends the Fingerprint stream. To report something new, add a concern.
+nothing ends the Fingerprint stream. To report something new, add a concern, and its
+attributes to :data:`ATTRIBUTES`.
+
+Every report names every attribute of :data:`ATTRIBUTES`, "" for those that do not apply
+(the driver disabled, tart missing, a check that could not tell, an empty image cache):
+Nomad's client keeps an attribute a report leaves out, and removes one only when it
+changes to "" (``client/node_updater.go``).
 """
 
 from __future__ import annotations
@@ -28,30 +34,36 @@ from tart_trio._config.plugin import PluginConfig
 from tart_trio._errors import TartTrioError
 from tart_trio._host import login
 from tart_trio._host.users import UnknownUser, resolve_user, unreachable_user
-from tart_trio._images.cache import fingerprint_attributes
-from tart_trio._model import AttributeValue, Fingerprint
+from tart_trio._images import cache
+from tart_trio._model import AttributeValue, Fingerprint, Health
 from tart_trio._tart import softnet as softnet_tool
 from tart_trio._tart import versions
 from tart_trio._tart.cli import Tart, locate_tart
 from tart_trio._tart.vms import running_macos_vms
+from tart_trio._task import slots
 
 log = logging.getLogger("fingerprint")
 
 PREFIX: Final = "driver.tart"
 TART_CALL_SECONDS: Final = 10.0
-ATTRIBUTES: Final = tuple(
-    f"{PREFIX}.{name}"
-    for name in (
-        "path",
-        "version",
-        "host_virtualization",
-        "macos_version",
-        "chip",
-        "macos_vm_slots",
-        "macos_vm_slots_free",
-        "softnet",
-        "login_session",
-    )
+#: Every attribute the driver can report; each report names them all (:func:`report`).
+ATTRIBUTES: Final = (
+    *(
+        f"{PREFIX}.{name}"
+        for name in (
+            "path",
+            "version",
+            "host_virtualization",
+            "macos_version",
+            "chip",
+            "macos_vm_slots",
+            "softnet",
+            "login_session",
+        )
+    ),
+    slots.FREE,
+    slots.LEAKED,
+    *cache.ATTRIBUTES,
 )
 
 DISABLED: Final = "The tart driver is disabled in the plugin configuration (enabled = false)."
@@ -143,7 +155,7 @@ def _major(version: str) -> int:
 
 
 def host_attributes() -> dict[str, AttributeValue]:
-    """The host's macOS version and chip ("" elsewhere, which deletes the attribute)."""
+    """The host's macOS version and chip ("" elsewhere)."""
     darwin = platform.system() == "Darwin"
     return {
         f"{PREFIX}.host_virtualization": host_supports_virtualization(),
@@ -185,11 +197,11 @@ async def vm_slots(probe: Probe) -> Finding:
             running = await running_macos_vms(probe.tart)
     except (TartTrioError, OSError, trio.TooSlowError, ValueError):
         return Finding(problem=LIST_FAILED, final=True)
-    slots = probe.config.max_macos_vms
+    limit = probe.config.max_macos_vms
     return Finding(
         {
-            f"{PREFIX}.macos_vm_slots": slots,
-            f"{PREFIX}.macos_vm_slots_free": max(slots - len(running), 0),
+            f"{PREFIX}.macos_vm_slots": limit,
+            slots.FREE: max(limit - len(running), 0),
         }
     )
 
@@ -260,7 +272,7 @@ async def login_session(probe: Probe) -> Finding:
 
 async def image_cache(probe: Probe) -> Finding:
     """The images in Tart's cache and the free disk, for constraints and affinities."""
-    return Finding(await fingerprint_attributes(probe.tart))
+    return Finding(await cache.fingerprint_attributes(probe.tart))
 
 
 CONCERNS: Final[tuple[tuple[str, Concern], ...]] = (
@@ -285,30 +297,43 @@ async def _checked(what: str, concern: Concern, probe: Probe) -> Finding:
         )
 
 
+def report(
+    attributes: Mapping[str, AttributeValue], health: Health, description: str
+) -> Fingerprint:
+    """A fingerprint that names every attribute of :data:`ATTRIBUTES`: "" where none applies.
+
+    An attribute that is not declared there is a mistake in this module, and fails the
+    fingerprint (as an unhealthy driver that names it) rather than go out once and stay
+    on the node for good.
+    """
+    undeclared = sorted(set(attributes) - set(ATTRIBUTES))
+    if undeclared:
+        raise ValueError(f"attributes not declared in ATTRIBUTES: {', '.join(undeclared)}")
+    return Fingerprint({**dict.fromkeys(ATTRIBUTES, ""), **attributes}, health, description)
+
+
 def _gate(config: PluginConfig) -> Fingerprint | Tart:
     """The driver is enabled, tart exists and the tart user can be used: then ``Tart``."""
     if not config.enabled:
-        return Fingerprint(attributes={}, health="undetected", description=DISABLED)
+        return report({}, "undetected", DISABLED)
     path = locate_tart(config.tart_path)
     if path is None:
-        return Fingerprint(attributes={}, health="undetected", description=NOT_FOUND)
+        return report({}, "undetected", NOT_FOUND)
     me = unreachable_user(config.tart_user)
     if me is not None:
-        return Fingerprint(
-            attributes={},
-            health="unhealthy",
-            description=(
-                f"tart_user is {config.tart_user!r}, but the plugin runs as {me!r} and not as "
-                f"root, so it cannot run tart as {config.tart_user!r}: run the Nomad client as "
-                "root or as that user, or remove tart_user."
-            ),
+        return report(
+            {},
+            "unhealthy",
+            f"tart_user is {config.tart_user!r}, but the plugin runs as {me!r} and not as "
+            f"root, so it cannot run tart as {config.tart_user!r}: run the Nomad client as "
+            "root or as that user, or remove tart_user.",
         )
     try:
         user = resolve_user(config.tart_user)
     except UnknownUser as exc:
-        return Fingerprint(attributes={}, health="unhealthy", description=f"{exc}.")
+        return report({}, "unhealthy", f"{exc}.")
     if user is not None and not os.path.isdir(user.home):
-        return Fingerprint(attributes={}, health="unhealthy", description=HOME_MISSING)
+        return report({}, "unhealthy", HOME_MISSING)
     return Tart(path, config.tart_home, user=user)
 
 
@@ -331,21 +356,9 @@ async def fingerprint(config: PluginConfig) -> Fingerprint:
         if finding.problem and finding.final:
             break
     if problems:
-        return Fingerprint(attributes=attributes, health="unhealthy", description=problems[0])
+        return report(attributes, "unhealthy", problems[0])
     description = " ".join([f"{HEALTHY}.", *notices]) if notices else HEALTHY
-    return Fingerprint(attributes=attributes, health="healthy", description=description)
-
-
-def with_removals(current: Fingerprint, previous_keys: set[str]) -> Fingerprint:
-    """Send "" for attributes we reported before and no longer do (Nomad keeps them else)."""
-    gone = dict.fromkeys(previous_keys - set(current.attributes), "")
-    if not gone:
-        return current
-    return Fingerprint(
-        attributes={**current.attributes, **gone},
-        health=current.health,
-        description=current.description,
-    )
+    return report(attributes, "healthy", description)
 
 
 async def safe_fingerprint(config: PluginConfig) -> Fingerprint:
@@ -354,9 +367,9 @@ async def safe_fingerprint(config: PluginConfig) -> Fingerprint:
         return await fingerprint(config)
     except Exception as exc:
         log.error("fingerprinting failed unexpectedly", exc_info=exc)
-        return Fingerprint(
-            attributes={},
-            health="unhealthy",
-            description=f"Fingerprinting failed unexpectedly ({type(exc).__name__}: {exc}); "
+        return report(
+            {},
+            "unhealthy",
+            f"Fingerprinting failed unexpectedly ({type(exc).__name__}: {exc}); "
             "see the plugin's log.",
         )

@@ -1,8 +1,9 @@
 """Tart's image cache as Nomad's scheduler sees it, and pruning it to a budget.
 
 The fingerprint lists the cached images by tag and by digest, comma-separated as Nomad's
-``set_contains``/``set_contains_any`` operators read them, and the free space of the
-volume that holds TART_HOME (in Nomad's ``unique.`` namespace). Pruning uses Tart's own
+``set_contains``/``set_contains_any`` operators read them (empty lists as "", which is how
+Nomad's client removes an attribute), and the free space of the volume that holds
+TART_HOME (in Nomad's ``unique.`` namespace). Pruning uses Tart's own
 ``tart prune --space-budget``, which keeps the most recently used images that fit; images
 the driver must keep are marked as used just before, and the budget handed to Tart always
 covers them.
@@ -27,6 +28,13 @@ from tart_trio._tart import images
 from tart_trio._tart.cli import Tart
 
 PREFIX: Final = "driver.tart"
+IMAGES: Final = f"{PREFIX}.images"
+DIGESTS: Final = f"{PREFIX}.image_digests"
+# "unique.": it differs from Mac to Mac and changes all the time, so Nomad keeps it out of
+# the node's computed class (constraints on it are checked node by node)
+DISK_FREE: Final = f"unique.{PREFIX}.disk_free_gb"
+#: The node attributes this module reports.
+ATTRIBUTES: Final = (IMAGES, DIGESTS, DISK_FREE)
 GIB: Final = 1024**3
 CALL_SECONDS: Final = 60.0
 
@@ -51,15 +59,12 @@ async def listing(tart: Tart) -> CacheListing:
 
 
 def attributes(cache: CacheListing, free: int) -> dict[str, AttributeValue]:
-    """Node attributes; an empty list is left out, which removes it from the node."""
-    # "unique.": it differs from Mac to Mac and changes all the time, so Nomad keeps it out
-    # of the node's computed class (constraints on it are checked node by node)
-    found: dict[str, AttributeValue] = {f"unique.{PREFIX}.disk_free_gb": free // GB}
-    if cache.tags:
-        found[f"{PREFIX}.images"] = ",".join(cache.tags)
-    if cache.digests:
-        found[f"{PREFIX}.image_digests"] = ",".join(cache.digests)
-    return found
+    """Node attributes; an empty list is "", never left out (Nomad would keep the old one)."""
+    return {
+        IMAGES: ",".join(cache.tags),
+        DIGESTS: ",".join(cache.digests),
+        DISK_FREE: free // GB,
+    }
 
 
 async def fingerprint_attributes(tart: Tart) -> dict[str, AttributeValue]:

@@ -69,8 +69,9 @@ class MacOSSlots:
             self._on_change()
 
     def apply(self, fp: Fingerprint) -> Fingerprint:
-        """The fingerprint as the slots really are (only where slots are reported at all)."""
-        if FREE not in fp.attributes:
+        """The fingerprint as the slots really are (only where slots are reported at all:
+        elsewhere ``FREE`` and ``LEAKED`` are "")."""
+        if fp.attributes.get(FREE, "") == "":
             return fp
         if self.leak is None:
             return Fingerprint({**fp.attributes, LEAKED: False}, fp.health, fp.description)

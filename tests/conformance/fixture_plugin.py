@@ -8,6 +8,9 @@ nomadsim end to end. Knobs (environment):
 
 * ``FIXTURE_IGNORE_SHUTDOWN=1``: GRPCController.Shutdown answers but the
   process keeps running (go-plugin then SIGKILLs it after 2 s).
+* ``FIXTURE_FINGERPRINTS``: JSON, one list per Fingerprint call (the last
+  repeats) of the reports to send instead of the usual one: each an object
+  of attributes (strings, numbers, booleans), or ``"end"`` to end the stream.
 """
 
 from __future__ import annotations
@@ -119,6 +122,17 @@ TASK_SPEC = spec_object(
 )
 
 
+def attribute(value: str | float | bool) -> Any:
+    """A fingerprint attribute of the value's type."""
+    if isinstance(value, bool):
+        return attr_pb.Attribute(bool_val=value)
+    if isinstance(value, int):
+        return attr_pb.Attribute(int_val=value)
+    if isinstance(value, float):
+        return attr_pb.Attribute(float_val=value)
+    return attr_pb.Attribute(string_val=value)
+
+
 def unary(func: Callable[[Any], Any], req: Any, resp: Any) -> Handler:
     async def handle(stream: Stream[Any, Any]) -> None:
         request = await stream.recv_message()
@@ -134,6 +148,7 @@ class Fixture:
         self.tasks: dict[str, int] = {}
         self.events: asyncio.Queue[Any] = asyncio.Queue()
         self.stop = asyncio.Event()
+        self.fingerprint_calls = 0
 
     # -- base --------------------------------------------------------------
     async def plugin_info(self, _: Any) -> Any:
@@ -171,6 +186,9 @@ class Fixture:
 
     async def fingerprint(self, stream: Stream[Any, Any]) -> None:
         await stream.recv_message()
+        if "FIXTURE_FINGERPRINTS" in os.environ:
+            await self.scripted_fingerprints(stream)
+            return
         min_port = self.nomad_config.driver.ClientMinPort if self.nomad_config is not None else 0
         await stream.send_message(
             driver_pb.FingerprintResponse(
@@ -184,6 +202,22 @@ class Fixture:
                 health_description="Healthy",
             )
         )
+        await self.stop.wait()
+
+    async def scripted_fingerprints(self, stream: Stream[Any, Any]) -> None:
+        streams: list[list[Any]] = json.loads(os.environ["FIXTURE_FINGERPRINTS"])
+        reports = streams[min(self.fingerprint_calls, len(streams) - 1)]
+        self.fingerprint_calls += 1
+        for report in reports:
+            if report == "end":
+                return
+            await stream.send_message(
+                driver_pb.FingerprintResponse(
+                    attributes={key: attribute(value) for key, value in report.items()},
+                    health=driver_pb.FingerprintResponse.HEALTHY,
+                    health_description="Healthy",
+                )
+            )
         await self.stop.wait()
 
     async def task_events(self, stream: Stream[Any, Any]) -> None:

@@ -76,6 +76,8 @@ class SimStream:
         self._receive = receive
         self._op = op
         self.end: dict[str, Any] | None = None
+        #: fingerprint streams: the node (as the ``node`` op) right after the last message
+        self.node: dict[str, Any] | None = None
 
     @property
     def error(self) -> NomadSimError | None:
@@ -96,6 +98,7 @@ class SimStream:
             self.end = item
             raise StreamEnded(item)
         msg: dict[str, Any] = item["msg"]
+        self.node = item.get("node", self.node)
         return msg
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
@@ -193,6 +196,16 @@ class NomadSim:
         """Call a streaming op (fingerprint, task_events, task_stats, exec_streaming)."""
         result = await self.call(op, **args)
         return self.stream(int(result["stream"]))
+
+    async def node_attributes(self, plugin: str = "") -> dict[str, str]:
+        """The node's attributes as Nomad's client merged the plugin's fingerprints so far.
+
+        What the scheduler sees: kept across plugin restarts, an attribute sent as "" after
+        a value is gone, one left out keeps its value (``node`` op, nomadsim's node.go).
+        """
+        node = await self.call("node", plugin=plugin)
+        attributes: dict[str, str] = node["attributes"]
+        return attributes
 
     async def close_stream(self, stream: SimStream | int) -> None:
         stream_id = stream.id if isinstance(stream, SimStream) else stream

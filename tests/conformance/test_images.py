@@ -224,6 +224,75 @@ async def test_pre_pull_keeps_images_present_and_the_scheduler_sees_the_cache(
     assert not any("hunter2-secret" in " ".join(c["argv"]) for c in fake_tart.calls())
 
 
+IMAGES = "driver.tart.images"
+DIGESTS = "driver.tart.image_digests"
+
+
+def set_contains(node: dict[str, str], attribute: str, value: str) -> bool:
+    """Nomad's ``set_contains`` constraint on a node attribute (scheduler/feasible): a node
+    without the attribute does not match; else every value must be in its comma list."""
+    if attribute not in node:
+        return False
+    listed = {item.strip() for item in node[attribute].split(",")}
+    return all(item.strip() in listed for item in value.split(","))
+
+
+async def node_where(stream: SimStream, check: Any, messages: int = 3) -> dict[str, str]:
+    """The node's attributes (as Nomad's client merged the fingerprints) right after the
+    first of the next ``messages`` fingerprints where ``check`` holds."""
+    seen: dict[str, str] = {}
+    with trio.fail_after(30):
+        for _ in range(messages):
+            await stream.receive()
+            assert stream.node is not None
+            seen = stream.node["attributes"]
+            if check(seen):
+                return seen
+    raise AssertionError(f"no node of {messages} fingerprints matched: {seen}")
+
+
+async def test_the_node_offers_an_image_only_while_it_is_cached(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    # what `constraint { attribute = "${attr.driver.tart.images}" operator = "set_contains" }`
+    # sees
+    def offers(node: dict[str, str]) -> bool:
+        return set_contains(node, IMAGES, LINUX_IMAGE)
+
+    await launch(sim, fake_tart, tmp_path, plugin_hcl('fingerprint_period = "1s"'))
+    stream = await sim.open_stream("fingerprint")
+    node = await node_where(stream, lambda n: True, 1)
+    # the client copies a first report whole: the empty lists are there, and match nothing
+    assert node[IMAGES] == "" and node[DIGESTS] == "" and not offers(node)
+    assert fake_tart.tart("pull", LINUX_IMAGE).returncode == 0
+    node = await node_where(stream, offers)
+    assert node[DIGESTS].startswith("ghcr.io/cirruslabs/ubuntu@sha256:")
+    # removed behind the driver's back: the next fingerprint sends the lists as "", which
+    # takes them off the node (a list left out would stay there as it was)
+    assert fake_tart.tart("delete", LINUX_IMAGE).returncode == 0
+    node = await node_where(stream, lambda n: not offers(n))
+    assert IMAGES not in node and DIGESTS not in node
+
+    # the plugin dies while the image is cached, and the image goes while none runs
+    assert fake_tart.tart("pull", LINUX_IMAGE).returncode == 0
+    await node_where(stream, offers)
+    await sim.call("sigkill")
+    with trio.fail_after(10):
+        async for _ in stream:
+            pass
+    assert fake_tart.tart("delete", LINUX_IMAGE).returncode == 0
+    await launch(sim, fake_tart, tmp_path, plugin_hcl('fingerprint_period = "1s"'))
+    stream = await sim.open_stream("fingerprint")
+    node = await node_where(stream, lambda n: True, 1)
+    reported = (await sim.call("node"))["driver"]["attributes"]
+    assert reported[IMAGES] == "" and reported[DIGESTS] == ""
+    # Nomad's client answers a failed fingerprint stream with a report of no attributes
+    # and compares the next report with that one, so "" from the new process changes
+    # nothing: the node still offers the image until the driver's list changes again
+    assert offers(node)
+    await sim.close_stream(stream)
+
+
 async def test_a_pull_or_clone_that_cannot_leave_the_reserve_free_fails_before_it_starts(
     sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
 ) -> None:

@@ -25,7 +25,7 @@ import pytest
 import trio
 
 from .build import REPO, build_nomadsim
-from .nomadsim import NomadSim, NomadSimError, StreamEnded, open_nomadsim
+from .nomadsim import NomadSim, NomadSimError, SimStream, StreamEnded, open_nomadsim
 
 HERE = Path(__file__).resolve().parent
 FIXTURE = HERE / "fixture_plugin.py"
@@ -613,6 +613,98 @@ async def test_forget_reattach_sigkill(
         )
         assert again["pid"] != launched["pid"]
         assert (await sim.call("plugin_info", plugin="b"))["name"] == "fixture"
+
+
+async def _node_after(stream: SimStream) -> dict[str, str]:
+    """The node's attributes right after the next report on the stream."""
+    with trio.fail_after(10):
+        await stream.receive()
+    assert stream.node is not None
+    attributes: dict[str, str] = stream.node["attributes"]
+    return attributes
+
+
+async def test_the_node_merges_fingerprints_as_nomads_client_does(
+    nomadsim_binary: Path, proto_path: Path, tmp_path: Path
+) -> None:
+    """client/node_updater.go: a first report is copied whole; after it, a change to ""
+    deletes, a left-out attribute keeps its value, and the comparison is with the
+    driver's previous report, which a failed stream (a dead plugin) empties."""
+    first = [
+        {"d.a": "1", "d.empty": "", "d.n": 3, "d.b": True, "d.f": 0.5},
+        {"d.a": "", "d.n": 4},  # a changed to "": deleted; empty, b and f left out: kept
+        {"d.b": False, "d.empty": ""},
+    ]
+    log = tmp_path / "n.log"
+    async with open_nomadsim(binary=nomadsim_binary) as sim:
+        assert await sim.node_attributes(plugin="n") == {}
+        script = json.dumps([first])
+        await sim.call(
+            "launch",
+            plugin="n",
+            **fixture_launch_args(proto_path, log, FIXTURE_FINGERPRINTS=script),
+        )
+        stream = await sim.open_stream("fingerprint", plugin="n")
+        assert await _node_after(stream) == {
+            "d.a": "1",
+            "d.empty": "",
+            "d.n": "3",
+            "d.b": "true",
+            "d.f": "0.5",
+        }
+        assert await _node_after(stream) == {
+            "d.empty": "",
+            "d.n": "4",
+            "d.b": "true",
+            "d.f": "0.5",
+        }
+        after = {"d.empty": "", "d.n": "4", "d.b": "false", "d.f": "0.5"}
+        assert await _node_after(stream) == after
+        node = await sim.call("node", plugin="n")
+        assert node["driver"]["attributes"] == {"d.b": "false", "d.empty": ""}
+
+        await sim.call("sigkill", plugin="n")  # the plugin dies under its stream
+        with trio.fail_after(10), pytest.raises(StreamEnded):
+            await stream.receive()
+        node = await sim.call("node", plugin="n")
+        assert node["attributes"] == after
+        assert node["driver"] == {
+            "attributes": {},
+            "detected": False,
+            "healthy": False,
+            "health_description": "failed to fingerprint driver",
+        }
+        # the relaunched plugin cannot delete what its driver report no longer holds
+        script = json.dumps([[{"d.n": "", "d.f": 0.5}]])
+        await sim.call(
+            "launch",
+            plugin="n",
+            **fixture_launch_args(proto_path, log, FIXTURE_FINGERPRINTS=script),
+        )
+        again = await sim.open_stream("fingerprint", plugin="n")
+        assert await _node_after(again) == after
+
+        # a stream the plugin ends is no failure: the next one's "" still deletes
+        script = json.dumps([[{"e.x": "1"}, "end"], [{"e.x": ""}]])
+        await sim.call(
+            "launch",
+            plugin="e",
+            **fixture_launch_args(proto_path, log, FIXTURE_FINGERPRINTS=script),
+        )
+        ended = await sim.open_stream("fingerprint", plugin="e")
+        assert await _node_after(ended) == {"e.x": "1"}
+        with trio.fail_after(10), pytest.raises(StreamEnded):
+            await ended.receive()
+        assert ended.error is None
+        second = await sim.open_stream("fingerprint", plugin="e")
+        assert await _node_after(second) == {}
+        # nor is a stream the client closes
+        await sim.close_stream(second)
+        with trio.fail_after(10), pytest.raises(StreamEnded):
+            await second.receive()
+        node = await sim.call("node", plugin="e")
+        assert node["driver"]["attributes"] == {"e.x": ""} and node["driver"]["healthy"]
+        assert await sim.node_attributes(plugin="n") == after, "one node per plugin name"
 
 
 async def test_launch_failure_is_reported(nomadsim_binary: Path, tmp_path: Path) -> None:

@@ -227,6 +227,8 @@ type streamState struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	cancelled bool
+	// fields added to each message (the node after a fingerprint)
+	annotate func() map[string]interface{}
 
 	// exec streaming only
 	sendMu sync.Mutex
@@ -299,7 +301,13 @@ func (s *sim) pump(st *streamState, recv func() (proto.Message, error)) {
 			s.emit(end)
 			return
 		}
-		s.emit(map[string]interface{}{"stream": st.id, "msg": pbJSON(msg)})
+		out := map[string]interface{}{"stream": st.id, "msg": pbJSON(msg)}
+		if st.annotate != nil {
+			for k, v := range st.annotate() {
+				out[k] = v
+			}
+		}
+		s.emit(out)
 	}
 }
 
@@ -317,6 +325,8 @@ func opFingerprint(s *sim, raw json.RawMessage) (interface{}, error) {
 	if err != nil {
 		return nil, err
 	}
+	node := s.node(pluginName(a.Plugin))
+	node.awaitDead(p, 10*time.Second)
 	st := s.newStream("fingerprint")
 	cl, err := p.driver.Fingerprint(st.ctx, &driverpb.FingerprintRequest{})
 	if err != nil {
@@ -324,7 +334,9 @@ func opFingerprint(s *sim, raw json.RawMessage) (interface{}, error) {
 		s.dropStream(st.id)
 		return nil, err
 	}
-	return &streamOpen{s: s, st: st, recv: func() (proto.Message, error) { return cl.Recv() }}, nil
+	recv := s.nodeRecv(node, node.watch(p), st, cl.Recv)
+	st.annotate = func() map[string]interface{} { return map[string]interface{}{"node": node.snapshot()} }
+	return &streamOpen{s: s, st: st, recv: func() (proto.Message, error) { return recv() }}, nil
 }
 
 func opTaskEvents(s *sim, raw json.RawMessage) (interface{}, error) {

@@ -38,6 +38,8 @@ type sim struct {
 	nextSID   int64
 	// the Topology each plugin got with SetConfig (see topology.go)
 	topologies map[string]*basepb.ClientTopology
+	// the node's attributes from each plugin name's fingerprints (see node.go)
+	nodes map[string]*nodeView
 
 	// launchMu serialises launches: an env override is applied to the
 	// process environment while go-plugin builds the child's environment.
@@ -52,6 +54,7 @@ func newSim() *sim {
 		streams: map[int64]*streamState{},
 
 		topologies: map[string]*basepb.ClientTopology{},
+		nodes:      map[string]*nodeView{},
 	}
 }
 
@@ -106,6 +109,7 @@ func init() {
 		"capabilities":       opCapabilities,
 		"shutdown_driver":    opShutdownDriver,
 		"fingerprint":        opFingerprint,
+		"node":               opNode,
 		"task_events":        opTaskEvents,
 		"close_stream":       opCloseStream,
 		"start_task":         opStartTask,
