@@ -1452,7 +1452,7 @@ def test_suspend_writes_the_state_while_tart_run_holds_the_lock(fake_tart: FakeT
     env = fake_tart.env(FAKETART_GUEST="none")
     fake_tart.make_vm("golden")
     size = 256 * 2**20
-    fake_tart.set_knobs("golden", suspend_seconds=1.5, state_size=size)
+    fake_tart.set_knobs("golden", suspend_seconds=60, state_size=size)
     vm, _ = fake_tart.start_vm("golden", "--suspendable", env=env)
     t0 = time.monotonic()
     r = fake_tart.tart("suspend", "golden", env=env)
@@ -1471,6 +1471,7 @@ def test_suspend_writes_the_state_while_tart_run_holds_the_lock(fake_tart: FakeT
     assert fake_tart.config("early")["macAddress"] != fake_tart.config("golden")["macAddress"]
     assert not (fake_tart.vm_dir("early") / "state.vzvmsave").exists()
     assert _state(fake_tart, "early") == "stopped"
+    fake_tart.set_knobs("golden", suspend_seconds=0.2)  # the knob is re-read: finish now
     assert vm.wait() == 0
     assert (vm.stdout.splitlines(), vm.stderr) == (SAVE_LINES, "")
     assert _state(fake_tart, "golden") == "suspended" and fake_tart.running_vms() == {}

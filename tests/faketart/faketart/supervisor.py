@@ -561,7 +561,7 @@ class Supervisor:
 
     def tick(self) -> int | None:
         if self.saving is not None:  # the VM is paused while its state is written
-            if not self.saving.step():
+            if not self.saving.step(float(self.knobs().get("suspend_seconds") or 0)):
                 return None
             self.saving = None
             out("snapshot created successfully! shutting down the VM...")

@@ -302,10 +302,13 @@ class StateWriter:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         os.pwrite(self.fd, self.head, 0)
 
-    def step(self) -> bool:
-        """Write what is due; True once the file is complete (and closed)."""
+    def step(self, seconds: float | None = None) -> bool:
+        """Write what is due (``seconds``: the knob as it is now, so a test may change
+        it mid-save); True once the file is complete (and closed)."""
         if self.fd < 0:
             return True
+        if seconds is not None:
+            self.seconds = max(0.0, float(seconds))
         frac = 1.0
         if self.seconds > 0:
             frac = min(1.0, (time.monotonic() - self.started) / self.seconds)
