@@ -1403,6 +1403,532 @@ def test_suspend_resume_and_sigusr2(fake_tart: FakeTart):
 
 
 # ---------------------------------------------------------------------------
+# Suspend and restore (Tart 2.35.0 / openai/tart 16d186c: Commands/Run.swift, Suspend.swift,
+# Stop.swift, Clone.swift, Set.swift, VMDirectory.swift, VM.swift)
+
+SAVE_LINES = [
+    "pausing VM to take a snapshot...",
+    "creating a snapshot...",
+    "snapshot created successfully! shutting down the VM...",
+]
+RESTORE_LINES = ["restoring VM state from a snapshot...", "resuming VM..."]
+RESTORE_FAILURE = (
+    'Error Domain=VZErrorDomain Code=12 "The virtual machine failed to restore with error '
+    '\u201cinvalid argument\u201d." UserInfo={NSLocalizedFailure=An error occurred while '
+    "restoring the virtual machine., NSLocalizedFailureReason=The virtual machine failed to "
+    "restore with error \u201cinvalid argument\u201d.}\n"
+)
+FAST_SAVE = {"suspend_seconds": 0.2, "resume_seconds": 0.2, "state_size": 32 * 2**20}
+
+
+def _state(fake: FakeTart, name: str) -> str:
+    return json.loads(fake.tart("get", name, "--format", "json").stdout)["State"]
+
+
+def _golden(fake: FakeTart, name: str, *args: str, env: dict | None = None) -> str:
+    """A macOS VM run with --suspendable, then suspended; returns its address."""
+    if not fake.vm_dir(name).exists():
+        fake.make_vm(name)
+    vm, ip = fake.start_vm(name, "--suspendable", *args, env=env)
+    assert fake.tart("suspend", name, env=env).returncode == 0
+    assert vm.wait() == 0, vm.stderr
+    assert vm.stdout.splitlines() == SAVE_LINES and vm.stderr == ""
+    assert _state(fake, name) == "suspended"
+    return ip
+
+
+def _run_once(fake: FakeTart, name: str, *args: str, env: dict | None = None):
+    """`tart run` that is expected to end by itself (a refused restore)."""
+    argv = [str(fake.tart_path), "run", name, "--no-graphics", *args]
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=30, env=env or fake.env(), check=False
+    )
+
+
+def test_suspend_writes_the_state_while_tart_run_holds_the_lock(fake_tart: FakeTart):
+    """Run.swift L606-640: pause, save, exit 0; the VM reads `running` until `tart run` has
+    exited (VMDirectory.state(), L65-73). A clone taken meanwhile gets a new MAC and no state
+    (Clone.swift L101-103: the source is not `suspended`; VMDirectory.swift L207-231)."""
+    env = fake_tart.env(FAKETART_GUEST="none")
+    fake_tart.make_vm("golden")
+    size = 256 * 2**20
+    fake_tart.set_knobs("golden", suspend_seconds=60, state_size=size)
+    vm, _ = fake_tart.start_vm("golden", "--suspendable", env=env)
+    t0 = time.monotonic()
+    r = fake_tart.tart("suspend", "golden", env=env)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert time.monotonic() - t0 < 1.0  # it only signals `tart run`
+    state = fake_tart.vm_dir("golden") / "state.vzvmsave"
+    wait_for(
+        lambda: state.exists() and 0 < state.stat().st_size < size,
+        timeout=5,
+        what="state.vzvmsave being written",
+    )
+    assert vm.returncode is None and _state(fake_tart, "golden") == "running"
+    assert fake_tart.saved_state("golden") is None  # not complete: it would not restore
+    r = fake_tart.tart("clone", "golden", "early", env=env)
+    assert r.returncode == 0, r.stderr
+    assert fake_tart.config("early")["macAddress"] != fake_tart.config("golden")["macAddress"]
+    assert not (fake_tart.vm_dir("early") / "state.vzvmsave").exists()
+    assert _state(fake_tart, "early") == "stopped"
+    fake_tart.set_knobs("golden", suspend_seconds=0.2)  # the knob is re-read: finish now
+    assert vm.wait() == 0
+    assert (vm.stdout.splitlines(), vm.stderr) == (SAVE_LINES, "")
+    assert _state(fake_tart, "golden") == "suspended" and fake_tart.running_vms() == {}
+    st = state.stat()
+    assert st.st_size == size and st.st_blocks * 512 < size // 4  # apparent size, sparse
+    header = fake_tart.saved_state("golden")
+    cfg = fake_tart.config("golden")
+    fp = header["fingerprint"]
+    assert (fp["mac"], fp["cpu"], fp["memory"], fp["display"]) == (
+        cfg["macAddress"],
+        cfg["cpuCount"],
+        cfg["memorySize"],
+        [1024, 768],
+    )
+    assert (fp["network"], fp["console_port"], fp["os_build"], fp["uid"]) == (
+        "nat",
+        "tart-version-2.35.0",
+        "24G84",
+        os.getuid(),
+    )
+    assert fp["disk"] == {"size": 50_000_000_000, "generation": 1}  # one cold boot
+    assert header["memory"]["addr"] == fake_tart.runtime("golden")["addr"]
+
+
+def test_stop_or_a_second_suspend_while_saving_leaves_a_state_that_does_not_restore(
+    fake_tart: FakeTart,
+):
+    """SIGINT while saving: VM.run (L271-287) finds the VM paused, not running, so nothing is
+    printed and `tart run` exits 0; a second SIGUSR1 fails pause() (Run.swift L632-637, exit
+    1). Either way the file is cut short: the VM reads `suspended`, the restore is refused."""
+    env = fake_tart.env(FAKETART_GUEST="none")
+    for name, how in (("a", "stop"), ("b", "suspend")):
+        fake_tart.make_vm(name)
+        fake_tart.set_knobs(name, suspend_seconds=30, state_size=2**20)
+        vm, _ = fake_tart.start_vm(name, "--suspendable", env=env)
+        assert fake_tart.tart("suspend", name, env=env).returncode == 0
+        state = fake_tart.vm_dir(name) / "state.vzvmsave"
+        wait_for(state.exists, what="the save to begin")
+        assert fake_tart.tart(how, name, env=env).returncode == 0
+        if how == "stop":
+            assert vm.wait() == 0 and vm.stdout.splitlines() == SAVE_LINES[:2]
+        else:
+            assert vm.wait() == 1
+            assert vm.stdout.splitlines()[2:] == [
+                "Failed to suspend the VM: Invalid virtual machine state transition. "
+                "The virtual machine is not running."
+            ]
+        assert _state(fake_tart, name) == "suspended"
+        r = _run_once(fake_tart, name, env=env)
+        assert (r.returncode, r.stderr) == (1, RESTORE_FAILURE)
+        assert fake_tart.runtime(name)["restore_refused"] == ["truncated"]
+
+
+def test_suspend_without_suspendable_fails_and_the_vm_is_gone(fake_tart: FakeTart):
+    """Run.swift L614 (validateSaveRestoreSupport) and L632-637: `Failed to suspend the VM:
+    <VZ message>` (VMStorageHelper.swift L142) on stdout, exit 1, no state. A suspended VM
+    is run --suspendable (L355-357), which Linux VMs refuse (L359-363)."""
+    env = fake_tart.env(FAKETART_GUEST="none")
+    fake_tart.make_vm("mac")
+    vm, _ = fake_tart.start_vm("mac", env=env)
+    assert fake_tart.tart("suspend", "mac", env=env).returncode == 0
+    assert vm.wait() == 1
+    assert vm.stdout == (
+        "Failed to suspend the VM: Invalid virtual machine configuration. Unsupported entropy "
+        "device in configuration.\n"
+    )
+    assert vm.stderr == "" and fake_tart.running_vms() == {}
+    assert _state(fake_tart, "mac") == "stopped"
+    assert not (fake_tart.vm_dir("mac") / "state.vzvmsave").exists()
+    fake_tart.make_vm("lin", LINUX_IMAGE)
+    (fake_tart.vm_dir("lin") / "state.vzvmsave").write_bytes(b"x")
+    usage_error(_run_once(fake_tart, "lin", env=env), "You can only suspend macOS VMs")
+    (fake_tart.vm_dir("mac") / "state.vzvmsave").write_bytes(b"x")
+    usage_error(
+        _run_once(fake_tart, "mac", "--no-keyboard", env=env),
+        "--suspendable cannot be used with --no-trackpad, --no-pointer or --no-keyboard",
+    )
+
+
+@needs_guest
+def test_a_clone_of_a_suspended_vm_resumes_its_guest(fake_tart: FakeTart):
+    """Clone.swift L101-103 and VMDirectory.clone (L207-217): the clone of a suspended VM
+    keeps its MAC and state. Run.swift L513-523: restore, delete the state, resume. The
+    guest is the saved one: address, host key, home, boot time; its clock stood still while
+    the VM was suspended until `sudo date` sets it (the boot time moves with it, as XNU's
+    clock_set_calendar_microtime does)."""
+    fake_tart.set_knobs("*", **FAST_SAVE)
+    fake_tart.make_vm("golden")
+    vm, ip = fake_tart.start_vm("golden", "--suspendable")
+    r = fake_tart.ssh(ip, "echo kept > ~/marker && sysctl -n kern.boottime && date +%s")
+    boottime, guest_now = r.stdout.splitlines()
+    assert re.fullmatch(
+        r"\{ sec = \d+, usec = \d+ \} \w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}", boottime
+    )
+    assert abs(int(guest_now) - time.time()) < 5
+    host_key = fake_tart.host_key(ip)
+    assert fake_tart.tart("suspend", "golden").returncode == 0
+    assert vm.wait() == 0 and vm.stdout.splitlines() == SAVE_LINES
+    # as if the golden had been suspended an hour ago
+    header = fake_tart.saved_state("golden")
+    header["memory"]["paused_at"] -= 3600
+    fake_tart.rewrite_saved_state("golden", header)
+    assert fake_tart.tart("clone", "golden", "task").returncode == 0
+    assert fake_tart.config("task")["macAddress"] == fake_tart.config("golden")["macAddress"]
+    assert _state(fake_tart, "task") == "suspended"
+    task, task_ip = fake_tart.start_vm("task")
+    assert task_ip == ip  # the guest still holds the golden's address (and its lease)
+    assert fake_tart.tart("ip", "task").stdout == f"{ip}\n"
+    assert not (fake_tart.vm_dir("task") / "state.vzvmsave").exists()
+    assert _state(fake_tart, "task") == "running" and fake_tart.runtime("task")["restored"]
+    assert fake_tart.host_key(ip) == host_key
+    r = fake_tart.ssh(ip, "cat ~/marker && sysctl -n kern.boottime && date +%s")
+    marker, task_boottime, guest_now = r.stdout.splitlines()
+    assert (marker, task_boottime) == ("kept", boottime)
+    assert abs(int(guest_now) - (time.time() - 3600)) < 30  # behind by the suspended hour
+    r = fake_tart.ssh(ip, "date -u 010100002030")
+    assert (r.returncode, r.stderr) == (
+        1,
+        "date: settimeofday (timeval): Operation not permitted\n",
+    )
+    now = int(time.time())
+    r = fake_tart.ssh(ip, f"sudo date -u -f %s {now} && date +%s && sysctl kern.boottime")
+    stepped, guest_now, kern = r.stdout.splitlines()
+    assert stepped == time.strftime("%a %b %e %H:%M:%S UTC %Y", time.gmtime(now)), r.stdout
+    assert abs(int(guest_now) - time.time()) < 5
+    old_sec = int(re.search(r"sec = (\d+)", boottime).group(1))
+    new_sec = int(re.search(r"sec = (\d+)", kern).group(1))
+    assert kern.startswith("kern.boottime: { sec = ") and abs(new_sec - old_sec - 3600) < 30
+    # BSD date's own format sets the clock too
+    r = fake_tart.ssh(ip, "sudo date -u 0102030430.05 >/dev/null && date -u +%FT%T")
+    assert r.stdout.startswith("2030-01-02T03:04:0"), r.stdout
+    assert fake_tart.tart("stop", "task").returncode == 0
+    assert task.wait() == 0
+    assert task.stdout.splitlines() == [*RESTORE_LINES, "Stopping VM..."]
+
+
+def test_a_refused_restore_keeps_the_state_until_tart_stop(fake_tart: FakeTart):
+    """Set.swift L40-95 rewrites config.json and never looks at state.vzvmsave; the restore
+    then fails (Run.swift L587-595: the NSError on stderr, exit 1) and the state stays, so
+    the VM stays suspended and fails the same way again, until `tart stop` deletes the
+    state (Stop.swift L17-29) and the next run boots."""
+    env = fake_tart.env(FAKETART_GUEST="none")
+    fake_tart.set_knobs("*", **FAST_SAVE)
+    _golden(fake_tart, "golden", env=env)
+    assert fake_tart.tart("clone", "golden", "task", env=env).returncode == 0
+    r = fake_tart.tart("set", "task", "--cpu", "8", env=env)
+    assert r.returncode == 0 and _state(fake_tart, "task") == "suspended"
+    for _ in range(2):
+        r = _run_once(fake_tart, "task", env=env)
+        assert (r.returncode, r.stdout, r.stderr) == (1, RESTORE_LINES[0] + "\n", RESTORE_FAILURE)
+        assert fake_tart.runtime("task")["restore_refused"] == ["cpu"]
+        assert fake_tart.running_vms() == {} and _state(fake_tart, "task") == "suspended"
+    rows = json.loads(fake_tart.tart("list", "--format", "json", env=env).stdout)
+    assert {r["Name"]: r["State"] for r in rows} == {"golden": "suspended", "task": "suspended"}
+    r = fake_tart.tart("stop", "task", env=env)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert _state(fake_tart, "task") == "stopped"
+    vm, _ = fake_tart.start_vm("task", env=env)
+    assert not fake_tart.runtime("task")["restored"]
+    fake_tart.tart("stop", "task", env=env)
+    assert vm.wait() == 0 and vm.stdout == "Stopping VM...\n"
+    # the restore_failure knob forces the refusal (the state is kept as well)
+    assert fake_tart.tart("clone", "golden", "t2", env=env).returncode == 0
+    fake_tart.set_knobs("t2", restore_failure=True)
+    r = _run_once(fake_tart, "t2", env=env)
+    assert (r.returncode, r.stderr) == (1, RESTORE_FAILURE) and _state(
+        fake_tart, "t2"
+    ) == "suspended"
+    fake_tart.set_knobs("t2", restore_failure={"message": "boom", "exit_code": 3})
+    r = _run_once(fake_tart, "t2", env=env)
+    assert (r.returncode, r.stdout, r.stderr) == (3, RESTORE_LINES[0] + "\n", "boom\n")
+
+
+def test_what_a_restore_compares(fake_tart: FakeTart, tmp_path: Path):
+    """The fingerprint models what VM.swift craftConfiguration (L315-461) builds, not the
+    argv: identity, resources, MAC, display in pixels, the disk, devices, the console port
+    `tart-version-<version>` (L447-448), the host's OS build and the user; softnet's rules
+    and UI-only flags are not in it."""
+    env = fake_tart.env(FAKETART_GUEST="none")
+    fake_tart.set_knobs("*", **FAST_SAVE)
+    _golden(fake_tart, "golden", "--net-softnet", env=env)
+    n = iter(range(100))
+
+    def attempt(*args: str, setup=(), env_extra=None, host=None) -> list[str]:
+        name = f"t{next(n)}"
+        assert fake_tart.tart("clone", "golden", name, env=env).returncode == 0
+        for s in setup:
+            assert fake_tart.tart("set", name, *s, env=env).returncode == 0
+        if host:
+            fake_tart.set_host_state(**host)
+        run_env = fake_tart.env(FAKETART_GUEST="none", **(env_extra or {}))
+        vm = fake_tart.run_vm(name, *args, env=run_env)
+        wait_for(lambda: vm.returncode is not None or fake_tart.runtime(name).get("pid"))
+        if vm.returncode is None:  # restored: stop it again
+            fake_tart.wait_ip(name, proc=vm.proc)
+            fake_tart.tart("stop", name, env=env)
+            assert vm.wait() == 0, vm.stderr
+            lines = vm.stdout.splitlines()
+            assert lines[:2] == RESTORE_LINES and lines[-1] == "Stopping VM...", lines
+            return []
+        vm.wait()
+        assert (vm.returncode, vm.stderr) == (1, RESTORE_FAILURE)
+        if host:
+            fake_tart.set_host_state(os_build="24G84")
+        return fake_tart.runtime(name)["restore_refused"]
+
+    assert attempt("--net-softnet") == []
+    # softnet's rules are softnet's argv; --vnc and --suspendable are no VZ device
+    assert attempt("--net-softnet-allow=10.0.0.0/8", "--vnc", "--suspendable") == []
+    assert attempt() == ["network"]  # NAT instead of softnet's file handle
+    assert attempt("--net-bridged=en0") == ["network"]
+    assert attempt("--net-softnet", setup=[["--display", "1280x800"]]) == ["display"]
+    assert attempt("--net-softnet", setup=[["--display", "1024x768px"]]) == []  # same pixels
+    assert attempt("--net-softnet", setup=[["--random-serial"]]) == ["platform"]
+    assert attempt("--net-softnet", setup=[["--memory", "16384"]]) == ["memory"]
+    assert attempt("--net-softnet", setup=[["--random-mac"]]) == ["mac"]
+    assert attempt("--net-softnet", setup=[["--disk-size", "60"]]) == ["disk"]
+    assert attempt("--net-softnet", "--no-clipboard") == ["clipboard"]
+    assert attempt("--net-softnet", "--root-disk-opts=sync=none") == ["root_disk"]
+    assert attempt("--net-softnet", "--serial") == ["serial"]
+    disk = tmp_path / "extra.img"
+    disk.write_bytes(b"\0" * 4096)
+    assert attempt("--net-softnet", f"--disk={disk}") == ["disks"]
+    assert attempt("--net-softnet", env_extra={"FAKETART_VERSION": "2.34.0"}) == ["console_port"]
+    assert attempt("--net-softnet", host={"os_build": "25A354"}) == ["os_build"]
+    assert attempt("--net-softnet", f"--dir={tmp_path}") == ["virtio_fs"]
+    fake_tart.set_knobs("*", restore_ignore=["network"])
+    assert attempt("--net-bridged=en0") == []
+    # a cold boot changes the disk behind a state: a copy of the golden's state no longer fits
+    assert fake_tart.tart("clone", "golden", "cold", env=env).returncode == 0
+    assert fake_tart.tart("stop", "cold", env=env).returncode == 0
+    vm, _ = fake_tart.start_vm("cold", "--net-softnet", env=env)
+    fake_tart.tart("stop", "cold", env=env)
+    vm.wait()
+    state = fake_tart.vm_dir("golden") / "state.vzvmsave"
+    (fake_tart.vm_dir("cold") / "state.vzvmsave").write_bytes(state.read_bytes())
+    r = _run_once(fake_tart, "cold", "--net-softnet", env=env)
+    assert r.returncode == 1 and fake_tart.runtime("cold")["restore_refused"] == ["disk"]
+
+
+def test_mount_tag_order_is_swifts_per_process_order():
+    """Run.swift L758: one virtio-fs device per tag from Dictionary(grouping:), whose order
+    Swift's per-process hashing seed decides unless SWIFT_DETERMINISTIC_HASHING is set."""
+    from tests.faketart.faketart.vzstate import swift_order
+
+    tags = ["a", "b", "c"]
+    assert swift_order(["only"], {}) == ["only"]
+    orders = {tuple(swift_order(tags, {})) for _ in range(200)}
+    assert len(orders) > 1 and all(sorted(o) == tags for o in orders)
+    fixed = {tuple(swift_order(tags, {"SWIFT_DETERMINISTIC_HASHING": "1"})) for _ in range(20)}
+    assert len(fixed) == 1
+
+
+def test_shares_at_restore(fake_tart: FakeTart, tmp_path: Path):
+    """Run.swift L463-478 builds the VM, with the --dir shares (directoryShares(), L743-781),
+    before restoring (L519). What Virtualization.framework then compares is unknown: the
+    restore_share_paths knob says which paths must match (argv strings by default, so a path
+    that is a symlink re-pointed elsewhere still restores); share_root_symlink refuses
+    symlinked share roots at build time; with two or more tags the device order is Swift's
+    per-process order."""
+    env = fake_tart.env(FAKETART_GUEST="none")
+    fake_tart.set_knobs("*", **FAST_SAVE)
+    slot = tmp_path / "slot"
+    slot.mkdir()
+    for d in ("placeholder", "task1", "task2"):
+        (tmp_path / d).mkdir()
+    link = slot / "local"
+    link.symlink_to(tmp_path / "placeholder")
+    share = f"--dir=local:{link}:tag=nomad-warm"
+    _golden(fake_tart, "golden", share, env=env)
+    dev = fake_tart.saved_state("golden")["fingerprint"]["virtio_fs"]
+    assert dev == [
+        {
+            "tag": "nomad-warm",
+            "shares": [
+                {
+                    "name": "local",
+                    "ro": False,
+                    "path": str(link),
+                    "resolved": str(tmp_path / "placeholder"),
+                }
+            ],
+        }
+    ]
+
+    def attempt(name: str, *args: str, run_env=None) -> int:
+        assert fake_tart.tart("clone", "golden", name, env=env).returncode == 0
+        vm = fake_tart.run_vm(name, *args, env=run_env or env)
+        wait_for(lambda: vm.returncode is not None or fake_tart.runtime(name).get("pid"))
+        if vm.returncode is None:
+            fake_tart.tart("stop", name, env=env)
+        return vm.wait()
+
+    link.unlink()
+    link.symlink_to(tmp_path / "task1")  # the driver re-points the slot's link
+    assert attempt("t1", share) == 0
+    fake_tart.set_knobs("t2", restore_share_paths="resolved")
+    assert attempt("t2", share) == 1
+    assert fake_tart.runtime("t2")["restore_refused"] == ["virtio_fs"]
+    real = f"--dir=local:{tmp_path / 'task2'}:tag=nomad-warm"  # binding (c): real paths
+    assert attempt("t3", real) == 1
+    fake_tart.set_knobs("t4", restore_share_paths="ignore")
+    assert attempt("t4", real) == 0
+    fake_tart.set_knobs("t5", restore_share_paths="ignore")
+    assert attempt("t5", f"--dir=other:{link}:tag=nomad-warm") == 1  # names are compared
+    assert attempt("t6", f"--dir=local:{link}:ro,tag=nomad-warm") == 1  # so is ro
+    # a share root that is a symlink: Virtualization.framework may refuse it
+    fake_tart.make_vm("fresh")
+    fake_tart.set_knobs("fresh", share_root_symlink="refuse")
+    r = _run_once(fake_tart, "fresh", share, env=env)
+    assert r.returncode == 1 and fake_tart.running_vms() == {}
+    assert r.stderr == (
+        'Error: Error Domain=VZErrorDomain Code=2 "Invalid virtual machine configuration. The '
+        f'directory sharing device configuration is invalid: {link} is a symbolic link." '
+        "UserInfo={NSLocalizedFailure=Invalid virtual machine configuration., "
+        "NSLocalizedFailureReason=A directory sharing device configuration is invalid. "
+        f"({link})}}\n"
+    )
+    # two tags: the order of their devices is per process
+    tags = ("--dir=a:/tmp:tag=one", "--dir=b:/tmp:tag=two")
+    from tests.faketart.faketart.vzstate import swift_order
+
+    seeds = {
+        tuple(swift_order(["one", "two"], {"FAKETART_SWIFT_HASH_SEED": str(i)})): str(i)
+        for i in range(64)
+    }
+    first, second = (seeds[("one", "two")], seeds[("two", "one")])
+    fake_tart.make_vm("g2")
+    _golden(
+        fake_tart,
+        "g2",
+        *tags,
+        env=fake_tart.env(FAKETART_GUEST="none", FAKETART_SWIFT_HASH_SEED=first),
+    )
+    assert fake_tart.tart("clone", "g2", "u1", env=env).returncode == 0
+    r = _run_once(
+        fake_tart,
+        "u1",
+        *tags,
+        env=fake_tart.env(FAKETART_GUEST="none", FAKETART_SWIFT_HASH_SEED=second),
+    )
+    assert r.returncode == 1 and fake_tart.runtime("u1")["restore_refused"] == ["virtio_fs"]
+    det = fake_tart.env(FAKETART_GUEST="none", SWIFT_DETERMINISTIC_HASHING="1")
+    fake_tart.make_vm("g3")
+    _golden(fake_tart, "g3", *tags, env=det)
+    assert fake_tart.tart("clone", "g3", "u2", env=env).returncode == 0
+    vm, _ = fake_tart.start_vm("u2", *tags, env=det)
+    assert fake_tart.runtime("u2")["restored"]
+    fake_tart.tart("stop", "u2", env=env)
+    vm.wait()
+
+
+@needs_guest
+def test_what_restored_shares_serve(fake_tart: FakeTart, tmp_path: Path):
+    """After a restore the custom tag (never mounted before the suspend) is mounted fresh
+    and serves the re-pointed directory (restored_share_view `new`), or the directory the
+    golden's share resolved to when it was saved (`saved`: the nonce catches it). Shares
+    mounted before the suspend (the automount) survive (premounted_after_restore `ok`) or
+    are gone (`broken`, as UTM #7025 reports)."""
+    fake_tart.set_knobs("*", **FAST_SAVE)
+    slot = tmp_path / "slot"
+    slot.mkdir()
+    for d in ("golden", "task1", "task2", "auto"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "nonce").write_text(d + "\n")
+    link = slot / "probe"
+    link.symlink_to(tmp_path / "golden")
+    args = (f"--dir=probe:{link}:ro,tag=nomad-warm", f"--dir={tmp_path / 'auto'}:ro")
+    env = fake_tart.env(SWIFT_DETERMINISTIC_HASHING="1")  # two tags: one device order
+    _golden(fake_tart, "golden", *args, env=env)
+    header = fake_tart.saved_state("golden")
+    assert header["memory"]["mounts"] == [
+        {"tag": "com.apple.virtio-fs.automount", "dir": "/Volumes/My Shared Files"}
+    ]
+    mount = "mkdir -p ~/w && mount_virtiofs nomad-warm ~/w && cat ~/w/probe/nonce"
+    auto = "cat '/Volumes/My Shared Files/nonce'"
+    for name, target, knobs, nonce, premounted in (
+        ("t1", "task1", {}, "task1", "auto\n"),
+        (
+            "t2",
+            "task2",
+            {"restored_share_view": "saved", "premounted_after_restore": "broken"},
+            "golden",
+            "",
+        ),
+    ):
+        link.unlink()
+        link.symlink_to(tmp_path / target)
+        assert fake_tart.tart("clone", "golden", name).returncode == 0
+        if knobs:
+            fake_tart.set_knobs(name, **knobs)
+        vm, ip = fake_tart.start_vm(name, *args, env=env)
+        assert fake_tart.ssh(ip, mount).stdout == f"{nonce}\n"
+        assert fake_tart.ssh(ip, auto).stdout == premounted
+        if premounted == "":
+            r = fake_tart.ssh(
+                ip, "mkdir -p ~/a && mount_virtiofs com.apple.virtio-fs.automount ~/a"
+            )
+            assert (
+                r.returncode == 1
+                and "special device com.apple.virtio-fs.automount does not exist" in r.stderr
+            )
+        vm.kill()
+
+
+def test_a_mac_conflict_resets_the_mac_and_deletes_the_state(fake_tart: FakeTart):
+    """Run.swift L416-426: another running VM has the MAC, so Tart prints two lines and
+    VMDirectory.regenerateMACAddress (L223-231) gives a new MAC and deletes the state: a
+    silent cold boot (no "restoring VM state" line)."""
+    env = fake_tart.env(FAKETART_GUEST="none")
+    fake_tart.set_knobs("*", **FAST_SAVE)
+    _golden(fake_tart, "golden", env=env)
+    for name in ("a", "b"):
+        assert fake_tart.tart("clone", "golden", name, env=env).returncode == 0
+    mac = fake_tart.config("golden")["macAddress"]
+    assert fake_tart.config("a")["macAddress"] == fake_tart.config("b")["macAddress"] == mac
+    va, _ = fake_tart.start_vm("a", env=env)
+    vb, _ = fake_tart.start_vm("b", env=env)
+    assert fake_tart.runtime("a")["restored"] and not fake_tart.runtime("b")["restored"]
+    assert fake_tart.config("b")["macAddress"] != mac
+    assert not (fake_tart.vm_dir("b") / "state.vzvmsave").exists()
+    for name, vm in (("a", va), ("b", vb)):
+        fake_tart.tart("stop", name, env=env)
+        assert vm.wait() == 0
+    assert vb.stdout.splitlines() == [
+        "There is already a running VM with the same MAC address!",
+        "Resetting VM to assign a new MAC address...",
+        "Stopping VM...",
+    ]
+    assert va.stdout.splitlines() == [*RESTORE_LINES, "Stopping VM..."]
+
+
+def test_clone_copies_the_state_of_a_suspended_vm(fake_tart: FakeTart):
+    """Clone.swift L101-103: the MAC is kept because the source is `suspended`;
+    VMDirectory.clone (L207-217) copies the state with `try?`, so a failed copy
+    (clone_state_copy_failure) leaves a stopped clone that still has the source's MAC."""
+    env = fake_tart.env(FAKETART_GUEST="none")
+    fake_tart.set_knobs("*", **FAST_SAVE)
+    _golden(fake_tart, "golden", env=env)
+    (fake_tart.vm_dir("golden") / ".faketart" / "home" / "note").write_text("golden's\n")
+    mac = fake_tart.config("golden")["macAddress"]
+    assert fake_tart.tart("clone", "golden", "c1", env=env).returncode == 0
+    assert fake_tart.tart("clone", "c1", "c2", env=env).returncode == 0
+    for name in ("c1", "c2"):
+        assert (
+            fake_tart.config(name)["macAddress"] == mac and _state(fake_tart, name) == "suspended"
+        )
+        assert fake_tart.saved_state(name) == fake_tart.saved_state("golden")
+        assert (fake_tart.vm_dir(name) / ".faketart" / "home" / "note").read_text() == "golden's\n"
+    fake_tart.set_knobs("c3", clone_state_copy_failure=True)
+    r = fake_tart.tart("clone", "golden", "c3", env=env)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert fake_tart.config("c3")["macAddress"] == mac and _state(fake_tart, "c3") == "stopped"
+    assert not (fake_tart.vm_dir("c3") / ".faketart" / "home").exists()
+
+
+# ---------------------------------------------------------------------------
 # The guest
 
 

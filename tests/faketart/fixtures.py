@@ -416,6 +416,20 @@ class FakeTart:
         except FileNotFoundError:
             return []
 
+    def saved_state(self, name: str) -> dict | None:
+        """The header of the VM's ``state.vzvmsave`` (fingerprint, saved memory), or None
+        when it has none or it would not restore (cut short, not a saved state)."""
+        from .faketart import vzstate
+
+        return vzstate.read_header(str(self.vm_dir(name) / "state.vzvmsave"))[0]
+
+    def rewrite_saved_state(self, name: str, header: dict) -> None:
+        """Replace the header of the VM's saved state in place, e.g. to make it look saved
+        an hour ago (``header["memory"]["paused_at"] -= 3600``)."""
+        from .faketart import vzstate
+
+        vzstate.rewrite_header(str(self.vm_dir(name) / "state.vzvmsave"), header)
+
     def running_vms(self) -> dict[str, int]:
         """{name: pid of its `tart run`} for VMs whose config.json is locked."""
         from .faketart.common import lock_holder

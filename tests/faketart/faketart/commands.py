@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -90,12 +91,19 @@ def cmd_clone(o: dict) -> int:
         raise Verbatim(*fail)
 
     with storage.global_lock(home):
+        # Clone.swift L101-103: the source's state (its lock first, then state.vzvmsave, as
+        # VMDirectory.state() L65-73) decides, before anything is copied
+        source_state = source.state()
         stage = storage.Staging(home)
         try:
-            for fname in ("config.json", "disk.img", "nvram.bin", "state.vzvmsave"):
+            for fname in ("config.json", "disk.img", "nvram.bin"):
                 p = os.path.join(source.path, fname)
                 if os.path.exists(p):
                     sparse_copy(p, os.path.join(stage.path, fname))
+            # VMDirectory.clone (L207-217): `try? copyItem(at: stateURL ...)`
+            if os.path.exists(source.state_path) and not k.get("clone_state_copy_failure"):
+                with contextlib.suppress(OSError):
+                    sparse_copy(source.state_path, os.path.join(stage.path, "state.vzvmsave"))
             if k.get("clone_seconds"):  # a copy that takes time (no APFS clonefile, slow disk)
                 time.sleep(float(k["clone_seconds"]))
             os.makedirs(os.path.join(stage.path, storage.FAKE_DIR), exist_ok=True)
@@ -113,15 +121,22 @@ def cmd_clone(o: dict) -> int:
             table = storage.read_partitions(source.path)
             if table is not None:  # the guest's disk: its partitions come along
                 storage.write_partitions(stage.path, table)
+            ident = os.path.join(source.path, storage.DISK_IDENTITY)
+            if os.path.exists(ident):  # the disk's identity comes with the disk
+                shutil.copyfile(ident, os.path.join(stage.path, storage.DISK_IDENTITY))
             staged = storage.VMDir(stage.path)
             cfg = staged.read_config()
-            suspended = os.path.exists(staged.state_path)
             mac = cfg.get("macAddress")
-            if not suspended and any(
+            if source_state != "suspended" and any(
                 (v.read_config().get("macAddress") == mac) for v in storage.list_local(home)
             ):
+                # VMDirectory.regenerateMACAddress (L223-231) deletes the copied state too
                 cfg["macAddress"] = storage.random_mac()
+                with contextlib.suppress(OSError):
+                    os.unlink(staged.state_path)
                 staged.write_config(cfg)
+            if os.path.exists(staged.state_path):
+                _copy_guest_memory(source, staged)
             dst = storage.local_vm(home, new).path
             os.makedirs(storage.vms_dir(home), exist_ok=True)
             if os.path.lexists(dst):
@@ -132,6 +147,17 @@ def cmd_clone(o: dict) -> int:
         finally:
             stage.close(remove=True)
     return 0
+
+
+def _copy_guest_memory(source: storage.VMDir, dst: storage.VMDir) -> None:
+    """A clone that carries a saved state resumes the source's guest: its disk (the guest
+    user's home) and memory (sshd's host key) come along."""
+    for name in ("ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"):
+        p = source.fake(name)
+        if os.path.exists(p):
+            shutil.copy2(p, dst.fake(name))
+    if os.path.isdir(source.fake("home")):
+        shutil.copytree(source.fake("home"), dst.fake("home"), symlinks=True, dirs_exist_ok=True)
 
 
 def cmd_pull(o: dict) -> int:
@@ -241,6 +267,7 @@ def cmd_set(o: dict) -> int:
             )
         sparse_copy(src, vm.disk_path + ".faketart-new")
         os.replace(vm.disk_path + ".faketart-new", vm.disk_path)
+        storage.bump_disk_generation(vm)  # another disk: a saved state no longer fits
     if o["disk_size"] is not None:
         want = o["disk_size"] * 1_000_000_000
         cur = os.stat(vm.disk_path).st_size
@@ -251,6 +278,7 @@ def cmd_set(o: dict) -> int:
             )
         if want > cur:
             os.truncate(vm.disk_path, want)
+            storage.bump_disk_generation(vm)
     return 0
 
 

@@ -47,6 +47,8 @@ DEFAULT_TAG = "com.apple.virtio-fs.automount"
 CONTROL_FIFO = "/run/faketart/control"
 GUEST_LOG = "/var/log/faketart/unified.log"
 DISK_STATE = "/var/db/faketart/disk.json"  # read by the guest's `diskutil`
+CLOCK_STATE = "/var/db/faketart/clock.json"  # read by the guest's `date` and `sysctl`
+BROKEN_SHARES = "/var/db/faketart/broken-virtiofs"  # tags `mount_virtiofs` cannot mount
 
 HEARTBEAT_PROCS = (
     ("kernel", 0, "(AppleSMC) heartbeat"),
@@ -175,6 +177,10 @@ class Guest:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
         os.set_blocking(self.wake_r, False)
+        # a guest resumed from a saved state (its memory: clock, mounts), until it reboots
+        self.resume = spec.get("resume")
+        self.clock = {"boottime": time.time(), "offset": 0.0, "steps": 0}
+        self.broken: set[str] = set()  # tags a restore left unmountable
 
     # -- helpers ----------------------------------------------------------
     def say(self, line: str) -> None:
@@ -272,8 +278,33 @@ class Guest:
                 f.write(f"printf '%s' {quoted}\n")
         m.bind(os.path.join(self.fake, "guest.log"), self.gpath(GUEST_LOG), readonly=True)
         tags = self.spec.get("tags") or {}
-        if DEFAULT_TAG in tags and self.spec.get("os") == "darwin":
+        if self.resume is not None:
+            self.restore_mounts()
+        elif DEFAULT_TAG in tags and self.spec.get("os") == "darwin":
             self.mount_tag(DEFAULT_TAG, SHARES_ROOT)  # macOS automounts; Linux guests mount
+            self.say(f"mounted {DEFAULT_TAG} {SHARES_ROOT}")
+
+    def restore_mounts(self) -> None:
+        """The shares the guest had mounted when it was saved: mounted again (the
+        ``premounted_after_restore`` knob ``ok``), or left as empty directories whose tags
+        cannot be mounted any more (``broken``, as UTM #7025 reports for macOS guests)."""
+        mounts = self.resume.get("mounts") or []
+        for mt in mounts:
+            os.makedirs(self.gpath(mt["dir"]), exist_ok=True)
+        if self.resume.get("broken"):
+            self.broken = {mt["tag"] for mt in mounts}
+            path = self.gpath(BROKEN_SHARES)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write("".join(f"{mt['tag']}\n" for mt in mounts))
+            os.chmod(path, 0o644)
+            return
+        for mt in mounts:
+            try:
+                self.mount_tag(mt["tag"], mt["dir"])
+                self.say(f"mounted {mt['tag']} {mt['dir']}")
+            except OSError as e:
+                self.log.event(f"virtiofs: {mt['tag']}: {e}", "kernel", 0)
 
     def populate(self) -> None:
         s = self.spec
@@ -330,6 +361,8 @@ class Guest:
                     "os": s["os"],
                     "user": user,
                     "tags": sorted((s.get("tags") or {}).keys()),
+                    "cpu": s.get("cpu"),
+                    "memory": s.get("memory"),
                 }
             ).encode(),
             0o644,
@@ -577,20 +610,84 @@ class Guest:
         return None
 
     def boot(self) -> str | None:
-        self.log.event("BOOT_TIME: faketart guest is booting", "kernel", 0)
-        cmd = self.wait(float(self.spec.get("boot_delay") or 0))
-        if cmd:
-            return cmd
+        if self.resume is not None:
+            # the guest's memory as it was saved: no boot, and the wall clock stood still
+            # while the VM was suspended (kern.boottime is the golden's boot)
+            saved = self.spec.get("clock") or {}
+            self.clock = {
+                "boottime": float(saved.get("boottime", time.time())),
+                "offset": float(saved.get("offset", 0.0)),
+                "steps": 0,
+            }
+            self.write_clock()
+            self.log.event("faketart guest resumed from a saved state", "kernel", 0)
+            self.resume = None  # a reboot from here on is a boot
+        else:
+            self.clock = {"boottime": time.time(), "offset": 0.0, "steps": 0}
+            self.write_clock()
+            self.log.event("BOOT_TIME: faketart guest is booting", "kernel", 0)
+            cmd = self.wait(float(self.spec.get("boot_delay") or 0))
+            if cmd:
+                return cmd
         self.start_sshd()
         self.log.event(f"guest is up, sshd listening on {self.addr}:22", "sshd", 200)
         self.say(f"booted {self.addr}")
         return None
+
+    # -- the wall clock (`date`, `sysctl kern.boottime`) -------------------------
+    def write_clock(self) -> None:
+        """Publish the clock to the guest's tools and to `tart run` (the saved memory)."""
+        if self.ns:
+            path = self.gpath(CLOCK_STATE)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.chmod(os.path.dirname(path), 0o755)
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.clock, f)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        self.say(f"clock {self.clock['boottime']!r} {self.clock['offset']!r}")
+
+    def set_clock(self, when: float) -> None:
+        """settimeofday(2): the boot time moves with the wall clock, as XNU's
+        ``clock_set_calendar_microtime`` moves it (osfmk/kern/clock.c)."""
+        delta = when - (time.time() + self.clock["offset"])
+        self.clock["offset"] += delta
+        self.clock["boottime"] += delta
+        self.clock["steps"] += 1
+        self.write_clock()
+        self.log.event(f"clock: wall time stepped by {delta:+.3f} s", "kernel", 0)
+
+    def pause(self) -> None:
+        """The VM is paused to be saved: every guest process stops, and so does this one
+        until `tart run` kills the guest (or goes away)."""
+        self.log.event("faketart: the virtual machine is paused to save its state", "kernel", 0)
+        if self.ns:
+            proc = self.gpath("/proc")
+            for _ in range(3):  # processes forked meanwhile are caught on the next pass
+                for p in os.listdir(proc):
+                    if p.isdigit() and p != "1":
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(int(p), signal.SIGSTOP)
+        while True:
+            try:
+                data = os.read(0, 4096)
+            except InterruptedError:
+                continue
+            if not data:
+                os._exit(0)
 
     def handle(self, cmd: str) -> bool:
         """Handle one command; False means power off now."""
         word, _, arg = cmd.partition(" ")
         if word in ("poweroff", "halt", "lost-parent"):
             return False
+        if word == "pause":
+            self.pause()
+        if word == "clock-set":
+            with contextlib.suppress(ValueError):
+                self.set_clock(float(arg))
+            return True
         if word == "reboot":
             self.log.event("reboot requested by guest", "shutdown", 1)
             self.say("rebooting")
@@ -610,12 +707,16 @@ class Guest:
             return True
         if word == "mount" and self.ns:
             tag, _, gdir = arg.partition(" ")
+            if tag in self.broken:
+                self.log.event(f"mount_virtiofs: {tag}: the share is gone", "mount_virtiofs", 90)
+                return True
             try:
                 # `sudo mkdir` cannot make a root-owned mount point here (the fake's sudo
                 # does not gain root), so the mount point is made for it.
                 os.makedirs(self.gpath(gdir), exist_ok=True)
                 self.mount_tag(tag, gdir)
                 self.log.event(f"mount_virtiofs: mounted {tag} at {gdir}", "mount_virtiofs", 90)
+                self.say(f"mounted {tag} {gdir}")
             except OSError as e:
                 self.log.event(f"mount_virtiofs: {tag}: {e}", "mount_virtiofs", 90)
             return True

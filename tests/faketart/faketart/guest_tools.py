@@ -29,8 +29,11 @@ INSTALL = {
 }
 # only in Linux guests (macOS has mount_virtiofs)
 INSTALL_LINUX = {"/usr/local/bin/mount": "mount"}
-# only in macOS guests: /bin/sh is bash in POSIX mode there (``/bin`` is ``usr/bin`` here)
-INSTALL_DARWIN = {"/usr/bin/sh": "sh-macos"}
+# only in macOS guests: /bin/sh is bash in POSIX mode there (``/bin`` is ``usr/bin`` here);
+# `date` and `sysctl` read the guest's own clock (a resumed guest's clock is behind)
+INSTALL_DARWIN = {"/usr/bin/sh": "sh-macos", "/usr/bin/date": "date", "/usr/sbin/sysctl": "sysctl"}
+#: where macOS guests keep the host's `date`, which the fake `date` formats with
+GNU_DATE = "/usr/libexec/faketart/gnu-date"
 # Linux programs a Mac does not have: removed from macOS guests, so that nothing that runs
 # in the fake's darwin guests can depend on them (BSD userland: no setsid(1), no GNU
 # coreutils' timeout or stdbuf).
@@ -47,4 +50,7 @@ def load(python: str, guest_os: str = "darwin") -> dict[str, bytes]:
             with open(os.path.join(TOOLS_DIR, name), "rb") as f:
                 cache[name] = f.read().replace(b"@PYTHON@", python.encode())
         res[guest_path] = cache[name]
+    if guest_os != "linux":
+        with open(os.path.realpath("/usr/bin/date"), "rb") as f:
+            res[GNU_DATE] = f.read()
     return res

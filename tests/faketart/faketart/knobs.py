@@ -50,6 +50,17 @@ DEFAULTS: dict = {
     # a macOS 15.2+ guest: it starts only when `tart run` is in the GUI login session of
     # the user running it (Tart FAQ "Headless machines"; openai/tart #1075)
     "needs_login_session": False,
+    # Suspend and restore (state.vzvmsave; docs/fake-tart.md "Suspend and restore")
+    "state_size": None,  # apparent bytes of state.vzvmsave (None: min(memory, 1.5 GiB))
+    "suspend_seconds": 1.0,  # s `tart run` spends writing state.vzvmsave, holding the lock
+    "resume_seconds": 1.0,  # s from "restoring VM state..." until "resuming VM..."
+    "restore_failure": None,  # true | "message" | {"message": str, "exit_code": int}
+    "restore_share_paths": "argv",  # argv | resolved | ignore: which share paths must match
+    "share_root_symlink": "follow",  # follow | refuse: a --dir path that is a symlink
+    "restored_share_view": "new",  # new | saved: what a restored share serves
+    "premounted_after_restore": "ok",  # ok | broken: shares mounted before the suspend
+    "restore_ignore": [],  # fingerprint keys a restore does not compare
+    "clone_state_copy_failure": False,  # `tart clone` fails to copy state.vzvmsave (try?)
 }
 
 DEFAULT_START_FAILURE = (
@@ -119,9 +130,17 @@ def for_image(home: str, ref: str, registry_knobs: dict | None) -> dict:
     return k
 
 
+#: the host's macOS build (`sw_vers -buildVersion`) when the control file does not say:
+#: macOS 15.6
+DEFAULT_OS_BUILD = "24G84"
+
+
 def host(home: str) -> dict:
     """Host-wide state of the fake Mac: ``{"leaked_macos_slots": N}`` — macOS VM slots that
-    Virtualization.framework keeps after their VMs are gone, until the host reboots."""
+    Virtualization.framework keeps after their VMs are gone, until the host reboots;
+    ``"os_build"`` — the host's macOS build (default :data:`DEFAULT_OS_BUILD`), part of a
+    saved state's fingerprint; ``"screen_scale"`` — the backing scale factor of the main
+    screen a `tart run` in the GUI login session sees (``null``: no screen)."""
     table = load_control(home).get("host")
     return table if isinstance(table, dict) else {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -353,8 +354,13 @@ def validate_flags(o: dict) -> None:
 
 def validate_vm(o: dict, cfg: dict) -> None:
     darwin = cfg.get("os") == "darwin"
+    # Run.swift validate() L355-374: a suspended VM is run --suspendable, with its checks
     if o["suspendable"] and not darwin:
         raise UsageErr("You can only suspend macOS VMs")
+    if o["suspendable"] and (o["no_trackpad"] or o["no_pointer"] or o["no_keyboard"]):
+        raise UsageErr(
+            "--suspendable cannot be used with --no-trackpad, --no-pointer or --no-keyboard"
+        )
     if o["no_trackpad"] and not darwin:
         raise UsageErr("--no-trackpad is only supported for macOS VMs")
     if o["rosetta"] is not None and darwin:
@@ -435,6 +441,8 @@ def cmd_run(o: dict) -> int:
 
     touch_access(vm.path)
     cfg = vm.read_config()
+    if vm.state() == "suspended":
+        o["suspendable"] = True  # Run.swift L355-357
     validate_vm(o, cfg)
     flags = SignalFlags()
     with storage.global_lock(home):
@@ -445,27 +453,30 @@ def cmd_run(o: dict) -> int:
                 and other.running()
                 and other.read_config().get("macAddress") == mac
             ):
+                # Run.swift L416-426 and VMDirectory.regenerateMACAddress (L223-231): a new
+                # MAC, and the saved state is deleted with it (a silent cold boot)
                 out("There is already a running VM with the same MAC address!")
                 out("Resetting VM to assign a new MAC address...")
                 cfg["macAddress"] = storage.random_mac()
+                with contextlib.suppress(OSError):
+                    os.unlink(vm.state_path)
                 vm.write_config(cfg)
                 break
         restoring = os.path.exists(vm.state_path)
-        if restoring:
-            o["suspendable"] = True
         parse_root_disk_opts(o["root_disk_opts"] or "")
         disk_fds = open_disks(home, o["disk"])
+        k = vm.knobs(home)
         for shares in o["_shares"].values():
             for s in shares:
                 if not s.url and not os.path.isdir(s.path):
                     raise SwiftErr(
-                        'Error Domain=VZErrorDomain Code=2 "Invalid virtual machine configuration. '
-                        f"The directory sharing device configuration is invalid: {s.path} does not "
-                        'exist or is not a directory." '
-                        "UserInfo={NSLocalizedFailure=Invalid virtual machine configuration., "
-                        "NSLocalizedFailureReason=A directory sharing device configuration is "
-                        f"invalid. ({s.path})}}"
+                        _invalid_share(s.path, f"{s.path} does not exist or is not a directory")
                     )
+                if not s.url and k.get("share_root_symlink") == "refuse" and os.path.islink(s.path):
+                    raise SwiftErr(_invalid_share(s.path, f"{s.path} is a symbolic link"))
+        from . import vzstate
+
+        o["_fingerprint"] = vzstate.fingerprint(home, vm, cfg, o, screen=in_login_session())
         softnet = None
         if o["_network"] in ("softnet", "host"):
             softnet = which("softnet")
@@ -473,7 +484,6 @@ def cmd_run(o: dict) -> int:
                 raise SwiftErr('InitializationFailed(why: "softnet not found in PATH")')
             if os.isatty(1):  # Run.swift isInteractiveSession(): stdout is a terminal
                 configure_suid_bit_if_needed(softnet)
-        k = vm.knobs(home)
         # Run.swift builds the whole VM (devices, networks, shares) before it takes the
         # VM's lock: until then the VM reads as stopped, and only $TART_HOME is locked.
         if k.get("init_seconds"):
@@ -504,6 +514,17 @@ def cmd_run(o: dict) -> int:
 
     sup = Supervisor(home, vm, cfg, o, lock_fd, disk_fds, softnet, restoring, flags)
     return sup.run()
+
+
+def _invalid_share(path: str, reason: str) -> str:
+    """Virtualization.framework's ``validate()`` error for a directory share it refuses."""
+    return (
+        'Error Domain=VZErrorDomain Code=2 "Invalid virtual machine configuration. '
+        f'The directory sharing device configuration is invalid: {reason}." '
+        "UserInfo={NSLocalizedFailure=Invalid virtual machine configuration., "
+        "NSLocalizedFailureReason=A directory sharing device configuration is "
+        f"invalid. ({path})}}"
+    )
 
 
 def open_disks(home: str, specs: list[str]) -> list[int]:

@@ -264,6 +264,26 @@ def write_bundle(
 
 
 # ---------------------------------------------------------------------------
+# The disk's identity: a saved state restores only onto the disk it was saved with
+# (openai/tart #541). Its size is the file's; the generation counts what else changed
+# the disk behind the state's back: cold boots, `tart set --disk`, `tart set --disk-size`.
+
+DISK_IDENTITY = os.path.join(FAKE_DIR, "disk.json")
+
+
+def disk_generation(vm: VMDir) -> int:
+    data = read_json(os.path.join(vm.path, DISK_IDENTITY), {})
+    return int(data.get("generation", 0)) if isinstance(data, dict) else 0
+
+
+def bump_disk_generation(vm: VMDir) -> None:
+    from .common import write_json_atomic
+
+    os.makedirs(vm.fake_path, exist_ok=True)
+    write_json_atomic(os.path.join(vm.path, DISK_IDENTITY), {"generation": disk_generation(vm) + 1})
+
+
+# ---------------------------------------------------------------------------
 # The guest's partition table (macOS guests): what `diskutil` in the guest sees.
 # A macOS image's disk holds an ISC container, the system APFS container and, unless the
 # image was built without it (cirruslabs/macos-image-templates: vanilla images keep it),

@@ -17,7 +17,7 @@ import time
 import urllib.request
 
 from . import knobs as _knobs
-from . import network, storage
+from . import network, storage, vzstate
 from .common import SwiftErr, err, out, write_json_atomic
 from .run import PKG_DIR, SignalFlags
 
@@ -69,6 +69,11 @@ def _guest_python() -> tuple[str, list[str]]:
             d = os.path.dirname(d)
         return exe, traverse
     return "/usr/bin/python3", []
+
+
+def parse_ro(o: dict) -> bool:
+    """Whether `--root-disk-opts` makes the root disk read-only."""
+    return "ro" in [x for x in (o.get("root_disk_opts") or "").split(",") if x]
 
 
 def guest_mode() -> str:
@@ -127,6 +132,12 @@ class Supervisor:
         self.buf = b""
         self.volumes: list[storage.Staging] = []
         self.serial_fds: list[int] = []
+        self.fp: dict = o.get("_fingerprint") or {}
+        self.saved: dict | None = None  # the saved memory this run resumed from
+        self.saving: vzstate.StateWriter | None = None
+        # what the guest's memory holds: its boot time and wall clock, mounted shares
+        self.clock: dict = {}
+        self.mounts: list[dict] = []
         os.makedirs(vm.fake_path, exist_ok=True)
         self.fake_fd = os.open(vm.fake_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
@@ -260,6 +271,16 @@ class Supervisor:
 
         py, traverse = _guest_python()
         tags = {tag: [s.as_dict() for s in shares] for tag, shares in self.o["_shares"].items()}
+        resume = None
+        if self.saved is not None:
+            resume = self.resume_spec(tags)
+            clock = {
+                "boottime": float(self.saved.get("boottime") or time.time()),
+                "offset": float(self.saved.get("clock_offset") or 0)
+                - (time.time() - float(self.saved.get("paused_at") or time.time())),
+            }
+        else:
+            clock = {"boottime": time.time(), "offset": 0.0}
         spec = {
             "vm_dir": vm.path,
             "name": self.name,
@@ -277,7 +298,11 @@ class Supervisor:
             "addr": self.lease.addr if self.lease else "127.0.0.1",
             "mode": mode,
             "tags": tags,
-            "boot_delay": float(self.knobs().get("boot_delay") or 0),
+            "boot_delay": 0.0 if resume else float(self.knobs().get("boot_delay") or 0),
+            "resume": resume,
+            "clock": clock,
+            "cpu": self.cfg.get("cpuCount"),
+            "memory": self.cfg.get("memorySize"),
             "image_source": self.meta.get("source"),
             "image_knobs": self.meta.get("knobs") or {},
             "guest_python": py,
@@ -285,6 +310,33 @@ class Supervisor:
         }
         write_json_atomic("guest-spec.json", spec, dir_fd=self.fake_fd)
         return vm.fake("guest-spec.json")
+
+    def resume_spec(self, tags: dict) -> dict:
+        """What the resumed guest gets from the saved memory: its mounts, and the
+        directories the restored shares serve."""
+        k = self.knobs()
+        if k.get("restored_share_view") == "saved":
+            # the restored device serves what the golden's shares resolved to at suspend
+            view = self.saved.get("share_view") or {}
+            for tag, shares in tags.items():
+                for sh in shares:
+                    old = (view.get(tag) or {}).get(sh.get("name") or "")
+                    if old and not sh.get("url"):
+                        sh["path"] = old
+        mounts = [m for m in self.saved.get("mounts") or [] if m.get("tag") in tags]
+        return {
+            "mounts": mounts,
+            "broken": k.get("premounted_after_restore") == "broken",
+        }
+
+    def share_view(self) -> dict:
+        """{tag: {name: directory}}: what each share resolves to now (saved at suspend)."""
+        view: dict = {}
+        for tag, shares in self.o["_shares"].items():
+            for sh in shares:
+                path = sh.path if sh.url else os.path.realpath(sh.path)
+                view.setdefault(tag, {})[sh.name or ""] = path
+        return view
 
     def spawn_guest(self, mode: str, spec_path: str) -> None:
         from . import linuxsys
@@ -339,15 +391,24 @@ class Supervisor:
             m, s = os.openpty()
             self.serial_fds += [m, s]
             out(f"Successfully open pty {os.ttyname(s)}")
-        if self.restoring:
-            out("restoring VM state from a snapshot...")
         self.prepare_volumes()
+        if self.restoring:
+            res = self.restore()
+            if res is not None:
+                return res
         self.start_softnet()
+        prefer = []
+        if self.saved and self.saved.get("addr"):
+            prefer.append(self.saved["addr"])  # the guest still has the golden's address
         prev = network.lookup_lease(self.home, self.mac)
+        if prev:
+            prefer.append(prev)
         try:
-            self.lease = network.allocate(f"{self.home} {self.name}", [prev] if prev else None)
+            self.lease = network.allocate(f"{self.home} {self.name}", prefer)
         except OSError as e:
             raise SwiftErr(str(e)) from e
+        if self.saved is None and not parse_ro(self.o):
+            storage.bump_disk_generation(self.vm)  # a boot writes to the disk
         spec = self.prepare_guest(mode)
         self.rt = {
             "pid": os.getpid(),
@@ -365,13 +426,15 @@ class Supervisor:
             "suspendable": bool(self.o["suspendable"]),
             "softnet_argv": self.rt.get("softnet_argv"),
             "softnet_pid": self.rt.get("softnet_pid"),
+            "restored": self.saved is not None,
+            "fingerprint": self.fp,
+            "virtio_fs_order": [d["tag"] for d in self.fp.get("virtio_fs") or []],
+            "boottime": None,
+            "clock_offset": None,
+            "mounts": [],
         }
         self.spawn_guest(mode, spec)
         self.save_runtime(guest_pid=self.guest.pid, guest_pid_start=_proc_start(self.guest.pid))
-        if self.restoring:
-            with contextlib.suppress(OSError):
-                os.unlink(self.vm.state_path)
-            out("resuming VM...")
         if self.o["vnc_experimental"]:
             words = "-".join(
                 secrets.choice(
@@ -384,6 +447,49 @@ class Supervisor:
                 f"vnc://:{words}@127.0.0.1:{5900 + secrets.randbelow(1000)}"
             )
         return self.loop()
+
+    def restore(self) -> int | None:
+        """Run.swift L513-523: restoreMachineStateFrom, then delete the state and resume.
+        A refused restore throws to L587-595: the error on stderr, exit 1, state kept."""
+        out("restoring VM state from a snapshot...")
+        k = self.knobs()
+        fail = _knobs.failure(k.get("restore_failure"), vzstate.RESTORE_FAILURE)
+        why = ["restore_failure"] if fail else []
+        header, problem = vzstate.read_header(self.vm.state_path)
+        if not fail:
+            if header is None:
+                why = [problem or "unreadable"]
+            else:
+                why = vzstate.differences(header.get("fingerprint") or {}, self.fp, k)
+            if why:
+                fail = (vzstate.RESTORE_FAILURE, 1)
+        if fail:
+            self.save_runtime(name=self.name, restore_refused=why, fingerprint=self.fp)
+            err(fail[0])
+            return fail[1]
+        # reading the saved memory back; `tart stop` meanwhile cancels the task, which
+        # still restores and resumes the VM before it stops it (VM.run L271-287)
+        stop = self.wait_restoring(float(k.get("resume_seconds") or 0))
+        with contextlib.suppress(OSError):
+            os.unlink(self.vm.state_path)
+        out("resuming VM...")
+        if stop:
+            out("Stopping VM...")
+            return 0
+        self.saved = header.get("memory") or {}
+        return None
+
+    def wait_restoring(self, seconds: float) -> bool:
+        """Sleep while restoring; True when SIGINT came meanwhile."""
+        stop = False
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return stop
+            with contextlib.suppress(InterruptedError):
+                select.select([self.flags.r], [], [], min(left, 0.1))
+            stop = stop or signal.SIGINT in self.flags.drain()
 
     def loop(self) -> int:
         gout = self.guest.stdout.fileno()
@@ -431,6 +537,18 @@ class Supervisor:
             self.save_runtime(addr=self.lease.addr)
             if old:
                 old.release()
+        elif word == "mounted":
+            tag, _, gdir = arg.partition(" ")
+            self.mounts = [m for m in self.mounts if m["dir"] != gdir]
+            self.mounts.append({"tag": tag, "dir": gdir})
+            self.save_runtime(mounts=self.mounts)
+        elif word == "clock":
+            boottime, _, offset = arg.partition(" ")
+            with contextlib.suppress(ValueError):
+                self.clock = {"boottime": float(boottime), "offset": float(offset)}
+                self.save_runtime(
+                    boottime=self.clock["boottime"], clock_offset=self.clock["offset"]
+                )
         elif word == "error":
             err(f"faketart: the fake guest failed: {arg} (see {self.vm.fake('console.log')})")
         return None
@@ -442,6 +560,13 @@ class Supervisor:
         network.add_lease(self.home, self.mac, self.lease.addr, self.name, duration)
 
     def tick(self) -> int | None:
+        if self.saving is not None:  # the VM is paused while its state is written
+            if not self.saving.step(float(self.knobs().get("suspend_seconds") or 0)):
+                return None
+            self.saving = None
+            out("snapshot created successfully! shutting down the VM...")
+            self.kill_guest()
+            return 0
         k = self.knobs()
         now_m = time.monotonic()
         now = time.time()
@@ -453,9 +578,14 @@ class Supervisor:
                 err(msg)
             return int(k.get("crash_exit_code", 1))
         booted = self.booted_at is not None and self.visible_at is None
-        if booted and now >= self.booted_at + float(k.get("no_ip_for") or 0):
+        no_ip_for = 0.0 if self.saved is not None else float(k.get("no_ip_for") or 0)
+        if booted and now >= self.booted_at + no_ip_for:
             self.visible_at = now
-            self.add_lease()
+            # A resumed guest asks no DHCP server for anything: it still holds the golden's
+            # lease, which `tart ip` finds while it lasts (unless the fake had to give the
+            # guest another address)
+            if self.saved is None or self.lease.addr != self.saved.get("addr"):
+                self.add_lease()
             self.save_runtime(ip_visible_at=now)
         if (
             self.visible_at is not None
@@ -487,6 +617,13 @@ class Supervisor:
         return None
 
     def on_signal(self, sig: int) -> int | None:
+        if sig == signal.SIGINT and self.saving is not None:
+            # VM.run (L271-287): the VM is paused, not running, so it is not stopped and
+            # nothing is printed; the process exits and the file stays cut short
+            self.saving.close()
+            self.saving = None
+            self.kill_guest()
+            return 0
         if sig == signal.SIGINT:
             if self.stopping_hang:
                 return None
@@ -502,17 +639,49 @@ class Supervisor:
                 self.send("poweroff")  # Linux guests shut down; macOS shows a dialog
             return None
         if sig == signal.SIGUSR1:
-            if not self.o["suspendable"]:
-                out("Failed to suspend the VM: the VM was not started with --suspendable")
-                self.kill_guest()
-                return 1
-            out("pausing VM to take a snapshot...")
-            out("creating a snapshot...")
-            with open(self.vm.state_path, "wb") as f:
-                f.write(b"FAKETART-VZVMSAVE\n")
-            out("snapshot created successfully! shutting down the VM...")
+            return self.suspend()
+        return None
+
+    def suspend(self) -> int | None:
+        """Run.swift L606-640 (`tart suspend` sends SIGUSR1): validateSaveRestoreSupport,
+        pause, saveMachineStateTo (the state file is written while this process still holds
+        the VM's lock), exit 0. Any error: `Failed to suspend the VM: ...` on stdout, exit 1
+        (VMStorageHelper.swift L142)."""
+        if self.saving is not None:
+            out(f"Failed to suspend the VM: {vzstate.PAUSE_WHILE_PAUSED}")
+            self.saving.close()
+            self.saving = None
             self.kill_guest()
-            return 0
+            return 1
+        if not self.o["suspendable"]:
+            out(f"Failed to suspend the VM: {vzstate.SUSPEND_UNSUPPORTED}")
+            self.kill_guest()
+            return 1
+        out("pausing VM to take a snapshot...")
+        self.send("pause")
+        paused_at = time.time()
+        out("creating a snapshot...")
+        k = self.knobs()
+        fp = dict(self.fp, disk=vzstate.disk_identity(self.vm))  # the disk as it is now
+        header = {
+            "format": vzstate.FORMAT,
+            "vm": self.name,
+            "fingerprint": fp,
+            "memory": {
+                "boottime": self.clock.get("boottime"),
+                "clock_offset": self.clock.get("offset", 0.0),
+                "paused_at": paused_at,
+                "addr": self.lease.addr if self.lease else None,
+                "mounts": self.mounts,
+                "share_view": self.share_view(),
+                "booted": self.booted_at is not None,
+            },
+        }
+        size = k.get("state_size")
+        size = vzstate.default_size(self.cfg) if size is None else int(size)
+        self.saving = vzstate.StateWriter(
+            self.vm.state_path, header, size, float(k.get("suspend_seconds") or 0)
+        )
         return None
 
     def guest_exited(self) -> int:
@@ -534,6 +703,8 @@ class Supervisor:
             self.guest.wait()
 
     def cleanup(self) -> None:
+        if self.saving is not None:
+            self.saving.close()
         self.kill_guest()
         if self.softnet is not None:
             if self.softnet.poll() is None:
