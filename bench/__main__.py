@@ -1,7 +1,7 @@
 """``python -m bench``: run every benchmark, write BENCHMARKS.md and build/bench-results.json.
 
-Options: ``--only startup,decode,tasks,logs,fingerprint,command,hostile`` (a subset) and ``--quick``
-(fewer runs, for trying the harness) write ``build/BENCHMARKS.partial.md`` and
+Options: ``--only startup,decode,tasks,logs,fingerprint,command,hostile,ports`` (a subset)
+and ``--quick`` (fewer runs, for trying the harness) write ``build/BENCHMARKS.partial.md`` and
 ``build/bench-results.partial.json`` instead, so they never replace the full report;
 ``--output PATH`` chooses the Markdown file.
 """
@@ -21,12 +21,12 @@ from typing import Any
 
 import trio
 
-from bench import command, decode, fingerprint, hostile, logs, report, startup, tasks
+from bench import command, decode, fingerprint, hostile, logs, ports, report, startup, tasks
 from bench.rig import sweep_stale
 from bench.util import busy_fraction, machine, versions
 
 REPO = Path(__file__).resolve().parent.parent
-ALL = ("startup", "decode", "tasks", "logs", "fingerprint", "command", "hostile")
+ALL = ("startup", "decode", "tasks", "logs", "fingerprint", "command", "hostile", "ports")
 
 
 def _params(quick: bool) -> dict[str, dict[str, Any]]:
@@ -39,6 +39,7 @@ def _params(quick: bool) -> dict[str, dict[str, Any]]:
             "fingerprint": {"runs": 3, "images": 50},
             "command": {"runs": 2},
             "hostile": {"tasks": 3, "rounds": 1, "calls": 30},
+            "ports": {"runs": 2},
         }
     return {
         "startup": {"runs": 7},
@@ -48,6 +49,7 @@ def _params(quick: bool) -> dict[str, dict[str, Any]]:
         "fingerprint": {"runs": 15, "images": 50},
         "command": {"runs": 7},
         "hostile": {"tasks": 10, "rounds": 3, "calls": 200},
+        "ports": {"runs": 7},
     }
 
 
@@ -60,6 +62,7 @@ async def _run_all(names: list[str], params: dict[str, dict[str, Any]]) -> dict[
         "fingerprint": fingerprint,
         "command": command,
         "hostile": hostile,
+        "ports": ports,
     }
     results: dict[str, Any] = {}
     async with trio.open_nursery() as nursery:

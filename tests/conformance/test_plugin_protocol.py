@@ -185,6 +185,7 @@ EXPECTED: dict[str, TaskConfig] = {
         ssh_password="admin",
         auth=Auth(username="ci-bot", password=PASSWORD),
     ),
+    "service-ports.nomad.hcl": TaskConfig(**_BASE, ports=("ssh", "http")),
     "warm-fleet.nomad.hcl": TaskConfig(
         url="ghcr.io/cirruslabs/macos-sequoia-xcode:latest", pull_only=True, force_pull=True
     ),
