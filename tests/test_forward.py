@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import socket
 import threading
 import time
@@ -74,6 +75,18 @@ class Service:
     def close(self) -> None:
         self.tcp.close()
         self.udp.close()
+
+
+@pytest.fixture(autouse=True)
+def descriptors() -> None:
+    """This process holds every end of every connection (the client's, both of the
+    forwarder's and the guest's): four times what a flood costs the supervisor alone."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 8 * forward.TCP_CONNECTIONS_MAX + 4 * forward.UDP_PEERS_MAX
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 @pytest.fixture

@@ -350,7 +350,8 @@ class Forwarder:
 
     def __init__(self, bound: list[tuple[Forward, socket.socket]]) -> None:
         self._bound = bound
-        self._loop = asyncio.new_event_loop()
+        # Not the policy's loop: a process that also runs trio-asyncio would get its loop.
+        self._loop = asyncio.SelectorEventLoop()
         self._known = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._thread: threading.Thread | None = None
@@ -369,9 +370,10 @@ class Forwarder:
         """Stop serving, end every connection and let the ports go (the supervisor does
         not need this: its process ends with the VM)."""
         if self._thread is not None:
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result()
+            with contextlib.suppress(TimeoutError):
+                asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
+            self._thread.join(10)
         for _, sock in self._bound:
             sock.close()
         self._loop.close()
