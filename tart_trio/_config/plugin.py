@@ -6,6 +6,8 @@ checks msgspec's types cannot make.
 
 from __future__ import annotations
 
+import re
+import sys
 from typing import Annotated, ClassVar, Final
 
 from msgspec import Meta
@@ -33,6 +35,37 @@ class PrePull(Base, frozen=True):
         str, doc("How often to check the images again (moving tags follow the registry).")
     ] = "1h"
     auth: tuple[RegistryAuth, ...] = ()
+
+
+#: Pool names become attribute keys (``driver.tart.warm.<name>.ready``), which job files
+#: read as HCL traversals: letters, digits and underscores only.
+POOL_NAME: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
+WARM_NETWORK_MODES: Final = ("shared", "softnet")
+#: Where the driver keeps its warm pools' slot directories (root's, never the tart user's).
+DEFAULT_WARM_DIR: Final = (
+    "/var/db/nomad-driver-tart/warm"
+    if sys.platform == "darwin"
+    else "/var/lib/nomad-driver-tart/warm"
+)
+
+
+class WarmPool(Base, frozen=True):
+    """Suspended golden VMs of one image and shape (``warm_pool { }``, repeatable)."""
+
+    __secret_fields__: ClassVar[frozenset[str]] = frozenset({"ssh_password"})
+    name: Annotated[str, doc("The pool's name: lower-case letters, digits, underscores.")]
+    image: Annotated[str, doc("Remote macOS image; pinned by digest when a golden is built.")]
+    cores: Annotated[int, Meta(ge=1, description="The VM's cores; a job must ask the same.")]
+    memory: Annotated[
+        int, Meta(ge=1, description="The VM's memory in MB; a job must ask the same.")
+    ]
+    network: Annotated[str, doc("shared (default) or softnet; a job must use the same.")] = "shared"
+    slots: Annotated[
+        int, Meta(ge=1, le=2, description="Golden VMs kept ready (each serves one job at once).")
+    ] = 1
+    max_age: Annotated[str, doc("A golden older than this is built again.")] = "24h"
+    ssh_user: Annotated[str, doc("The image's user, to reach a golden over SSH.")] = "admin"
+    ssh_password: Annotated[str, doc("That user's password; never logged.")] = "admin"
 
 
 class GCConfig(Base, frozen=True):
@@ -104,6 +137,15 @@ class PluginConfig(Base, frozen=True):
         Annotated[int, Meta(ge=0)] | None,
         doc("GB Tart's caches may use, pruned after each pull; unset: no budget."),
     ] = None
+    warm_pool: tuple[WarmPool, ...] = ()
+    warm_dir: Annotated[
+        str, doc("Root's directory for the warm pools' shares (default under /var/db).")
+    ] = ""
+
+    @property
+    def warm_root(self) -> str:
+        """The warm pools' directory."""
+        return self.warm_dir or DEFAULT_WARM_DIR
 
     @property
     def gc_config(self) -> GCConfig:
@@ -152,6 +194,7 @@ def validate_plugin_config(config: PluginConfig) -> None:
                 scope="plugin config",
             )
     _validate_pre_pull(config.pre_pull)
+    _validate_warm_pools(config)
     durations = [(field, getattr(config, field)) for field in _DURATIONS]
     durations += [(f"gc.{f}", getattr(config.gc_config, f)) for f in ("period", "creation_grace")]
     for field, text in durations:
@@ -185,3 +228,50 @@ def _validate_pre_pull(pre_pull: PrePull | None) -> None:
         raise ConfigError("pre_pull.period", str(exc), scope="plugin config") from None
     if seconds < 1:
         raise ConfigError("pre_pull.period", "must be at least 1s", scope="plugin config")
+
+
+def _validate_warm_pools(config: PluginConfig) -> None:
+    seen: set[str] = set()
+    for i, pool in enumerate(config.warm_pool):
+        field = f"warm_pool[{i}]"
+        if not POOL_NAME.fullmatch(pool.name):
+            raise ConfigError(
+                f"{field}.name",
+                f"{pool.name!r} must be lower-case letters, digits and underscores, starting "
+                "with a letter (it names the attribute driver.tart.warm.<name>.ready)",
+                scope="plugin config",
+            )
+        if pool.name in seen:
+            raise ConfigError(
+                f"{field}.name", f"{pool.name!r} names two pools", scope="plugin config"
+            )
+        seen.add(pool.name)
+        if "/" not in pool.image or not pool.image.strip():
+            raise ConfigError(
+                f"{field}.image",
+                f"{pool.image!r} is not a remote image such as "
+                "ghcr.io/cirruslabs/macos-sequoia-xcode:latest",
+                scope="plugin config",
+            )
+        if pool.network not in WARM_NETWORK_MODES:
+            raise ConfigError(
+                f"{field}.network",
+                f"{pool.network!r} is not one of: {', '.join(WARM_NETWORK_MODES)}",
+                scope="plugin config",
+            )
+        if pool.slots > config.max_macos_vms:
+            raise ConfigError(
+                f"{field}.slots",
+                f"{pool.slots} is more than max_macos_vms ({config.max_macos_vms})",
+                scope="plugin config",
+            )
+        try:
+            seconds = parse_duration(pool.max_age)
+        except ValueError as exc:
+            raise ConfigError(f"{field}.max_age", str(exc), scope="plugin config") from None
+        if seconds < 60:
+            raise ConfigError(f"{field}.max_age", "must be at least 1m", scope="plugin config")
+    if config.warm_dir and not config.warm_dir.startswith("/"):
+        raise ConfigError(
+            "warm_dir", f"{config.warm_dir!r} is not an absolute path", scope="plugin config"
+        )

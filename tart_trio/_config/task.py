@@ -119,6 +119,13 @@ class TaskConfig(Base, frozen=True):
     pull_only: Annotated[
         bool, doc("Only make the image present on the node, then exit 0 (no VM).")
     ] = False
+    warm_start: Annotated[
+        bool,
+        doc(
+            "Resume a suspended clone of the plugin's warm pool for this image when the task "
+            "matches it exactly (a command task); otherwise, or on any doubt, boot cold."
+        ),
+    ] = False
     ports: Annotated[
         tuple[str, ...],
         doc(
@@ -314,9 +321,15 @@ def validate_task_config(config: TaskConfig) -> None:
         _validate_root_disk(config.root_disk)
     _validate_command(config)
     _validate_ports(config)
+    _validate_warm_start(config)
     reserved = (SECRETS_SHARE, *(name for name, _ in COMMAND_SHARES))
     reserved = reserved if config.command else (SECRETS_SHARE,)
     _validate_directories(config.directory, reserved)
+
+
+def _validate_warm_start(config: TaskConfig) -> None:
+    if config.warm_start and config.pull_only:
+        raise ConfigError("warm_start", "does not apply with pull_only (no VM is started)")
 
 
 def _validate_ports(config: TaskConfig) -> None:

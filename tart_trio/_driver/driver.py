@@ -47,6 +47,7 @@ from tart_trio._task.recovery import recover_runner
 from tart_trio._task.runner import TaskRunner
 from tart_trio._task.slots import MacOSSlots
 from tart_trio._task.state import DriverState, decode_state, encode_state
+from tart_trio._task.warm import WarmPools
 from tart_trio._version import __version__
 
 NAME: Final = "tart"
@@ -98,6 +99,7 @@ class Driver:
         self._launch_lock = trio.Lock()
         self._provision_lock = trio.Lock()
         self.slots = MacOSSlots(self._fingerprint_soon)
+        self.warm = WarmPools(lambda: self.config, self._context, self._fingerprint_soon)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own every task's runner and the shared pulls until cancelled."""
@@ -109,6 +111,7 @@ class Driver:
             # VMs on its own; the throwaway fingerprint and validation launches never do.
             await self._serving.wait()
             nursery.start_soon(prepull.keep_images, self._prepull_context())
+            nursery.start_soon(self.warm.run)
             nursery.start_soon(
                 guard_shares, lambda: list(self._tasks.values()), lambda: self.config.disk_reserve
             )
@@ -138,6 +141,7 @@ class Driver:
             self._serving.set()
         self._fingerprint_soon()
         self._new_config.set()  # the pre-pull follows a new image list at once
+        self.warm.wake()
         self._new_config = trio.Event()
         log.debug("plugin configured", extra={"api_version": api_version})
 
@@ -167,7 +171,9 @@ class Driver:
         unexpected = _Unexpected("Fingerprint")
         while True:
             changed = self._config_changed
-            current = self.slots.apply(await fingerprint.safe_fingerprint(self.config))
+            current = self.warm.apply(
+                self.slots.apply(await fingerprint.safe_fingerprint(self.config))
+            )
             try:
                 await deliver(current)
             except Exception as exc:
@@ -210,6 +216,7 @@ class Driver:
             slots=self.slots,
             launch_prefix=self._launch_prefix(tart),
             disk_reserve=diskspace.reserve_bytes(tart.home_dir, self.config.disk_reserve),
+            warm=self.warm,
         )
 
     def _launch_prefix(self, tart: Tart) -> tuple[str, ...]:

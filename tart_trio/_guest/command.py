@@ -68,12 +68,14 @@ async def launch(
     guest_os: str,
     time_limit: float,
     env: bytes,
+    shares_root: str = "",
 ) -> int:
     """Start ``argv`` detached in the guest; return the runner's pid there.
 
     ``env`` (from :func:`scripts.env_file`) travels on the session's stdin, never in an argv.
+    ``shares_root``: where the task's shares are, when not where Tart puts them.
     """
-    root = scripts.shares_root(guest_os)
+    root = shares_root or scripts.shares_root(guest_os)
     limit = str(int(-(-time_limit // 1))) if time_limit > 0 else "0"
     args = [job, root, guest_os, limit, str(scripts.TIMEOUT_GRACE), work_dir or root, *argv]
     # The first line is the password for sudo (a password with a line break cannot be

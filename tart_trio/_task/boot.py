@@ -95,49 +95,30 @@ class Boot:
     ) -> tuple[int, str | None]:
         """Start the supervisor with ``tart run`` (and the port forwards); its pid and
         start token."""
-        task_dir = Path(self.task.alloc_dir) / self.task.name
         shares: list[tuple[str, str]] = []
         if self.config.command:
             shares = command_shares(self.task.alloc_dir, self.task.name)
-        run = tart.argv(
-            *tart_argv.run_argv(self.vm_name, self.config, str(task_dir / "secrets"), shares)
-        )
-        command = [
-            *self.ctx.launch_prefix,
-            *helpers.command(
-                helpers.SUPERVISE,
-                "--status-file",
-                str(self.runtime_dir / "status.json"),
-                "--pid-file",
-                str(self.runtime_dir / "tart-run.pid"),
-                "--log-file",
-                str(self.runtime_dir / "tart-run.log"),
-                "--stderr-fifo",
-                # With a command, stderr is the command's; tart run's output stays in its log.
-                os.devnull if self.config.command else self.task.stderr_path or os.devnull,
+        secrets = str(Path(self.task.alloc_dir) / self.task.name / "secrets")
+        run = tart_argv.run_argv(self.vm_name, self.config, secrets, shares)
+        return await self.launch_run(tart, run, forwards)
+
+    async def launch_run(
+        self, tart: Tart, run: list[str], forwards: tuple[ports.Forward, ...] = ()
+    ) -> tuple[int, str | None]:
+        """Start the supervisor with these ``tart run`` arguments."""
+        # With a command, stderr is the command's; tart run's output stays in its log.
+        stderr = os.devnull if self.config.command else self.task.stderr_path or os.devnull
+        return await start_supervisor(
+            tart,
+            self.ctx.launch_prefix,
+            self.runtime_dir,
+            run,
+            stderr_path=stderr,
+            extra=[
                 *processes.owner_argument(self.task.alloc_id, self.task.name),
                 *network.supervisor_arguments(self.runtime_dir, forwards),
-                "--",
-                *run,
-            ),
-        ]
-        result = await trio.run_process(
-            command,
-            stdin=subprocess.DEVNULL,
-            capture_stdout=True,
-            capture_stderr=True,
-            env=tart.env,
-            start_new_session=True,
-            check=False,
+            ],
         )
-        reported = result.stdout.split()
-        if result.returncode != 0 or not reported or not reported[0].isdigit():
-            why = result.stderr.decode(errors="replace").strip() or "it reported no pid"
-            if network.port_unavailable(result.returncode):
-                raise RecoverableError(f"cannot start the VM supervisor: {why}")
-            raise TartTrioError(f"cannot start the VM supervisor: {why}")
-        pid = int(reported[0])
-        return pid, proc.start_time(pid)
 
     async def wait_reachable(
         self, tart: Tart, supervisor_pid: int, token: str | None
@@ -200,6 +181,53 @@ class Boot:
         if self.darwin and FAILED_TO_START in output:
             message += f" ({MACOS_START_HINT})"
         return TartTrioError(message)
+
+
+async def start_supervisor(
+    tart: Tart,
+    launch_prefix: tuple[str, ...],
+    runtime_dir: Path,
+    run: list[str],
+    *,
+    stderr_path: str = os.devnull,
+    extra: list[str] | None = None,
+) -> tuple[int, str | None]:
+    """Start a VM supervisor (``nomad-driver-tart supervise``) that runs ``tart run`` with
+    these arguments; its pid and start token once it has detached."""
+    command = [
+        *launch_prefix,
+        *helpers.command(
+            helpers.SUPERVISE,
+            "--status-file",
+            str(runtime_dir / "status.json"),
+            "--pid-file",
+            str(runtime_dir / "tart-run.pid"),
+            "--log-file",
+            str(runtime_dir / "tart-run.log"),
+            "--stderr-fifo",
+            stderr_path,
+            *(extra or []),
+            "--",
+            *tart.argv(*run),
+        ),
+    ]
+    result = await trio.run_process(
+        command,
+        stdin=subprocess.DEVNULL,
+        capture_stdout=True,
+        capture_stderr=True,
+        env=tart.env,
+        start_new_session=True,
+        check=False,
+    )
+    reported = result.stdout.split()
+    if result.returncode != 0 or not reported or not reported[0].isdigit():
+        why = result.stderr.decode(errors="replace").strip() or "it reported no pid"
+        if network.port_unavailable(result.returncode):
+            raise RecoverableError(f"cannot start the VM supervisor: {why}")
+        raise TartTrioError(f"cannot start the VM supervisor: {why}")
+    pid = int(reported[0])
+    return pid, proc.start_time(pid)
 
 
 def hit_vm_limit(output: str) -> bool:

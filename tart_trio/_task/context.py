@@ -9,6 +9,7 @@ import trio
 from tart_trio._images.pulls import Pulls
 from tart_trio._tart.cli import Tart
 from tart_trio._task.slots import MacOSSlots
+from tart_trio._task.warmlayout import Leases
 
 
 @dataclass(frozen=True)
@@ -28,3 +29,5 @@ class TaskContext:
     #: (``run_in_login_session``), so that ``tart run`` runs there.
     launch_prefix: tuple[str, ...] = ()
     disk_reserve: int = 0
+    #: The warm pools (the real plugin instance only).
+    warm: Leases | None = None

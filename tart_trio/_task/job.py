@@ -69,12 +69,18 @@ class CommandJob:
             host_key=state.host_key,
         )
 
-    async def start(self, address: ssh.GuestAddress, guest_os: str) -> str:
-        """Start the task's command in the guest, detached; its job name there."""
+    async def start(
+        self, address: ssh.GuestAddress, guest_os: str, *, shares_root: str = ""
+    ) -> str:
+        """Start the task's command in the guest, detached; its job name there.
+
+        ``shares_root``: where the task's shares are in the guest when not where Tart puts
+        them (a warm start mounts them itself).
+        """
         job = secrets.token_hex(8)
+        root = shares_root or scripts.shares_root(guest_os)
         env, skipped = scripts.env_file(
-            dict(self._env.items()) if self._env is not None else {},
-            scripts.shares_root(guest_os),
+            dict(self._env.items()) if self._env is not None else {}, root
         )
         self._env = None  # held no longer than needed
         if skipped:
@@ -95,6 +101,7 @@ class CommandJob:
                     guest_os=guest_os,
                     time_limit=self.config.timeout_seconds,
                     env=env,
+                    shares_root=root,
                 )
         except command.CommandError as exc:
             raise TartTrioError(str(exc)) from None

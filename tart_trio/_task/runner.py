@@ -31,7 +31,8 @@ from tart_trio._host import ports, proc
 from tart_trio._host.safefs import make_private_dir
 from tart_trio._model import ExitResult, NomadTask, TaskEnv, TaskPhase
 from tart_trio._tart import vms
-from tart_trio._task import network
+from tart_trio._tart.cli import Tart
+from tart_trio._task import golden, network, warmlayout, warmstart
 from tart_trio._task.boot import Boot, read_status, tail
 from tart_trio._task.context import TaskContext
 from tart_trio._task.job import CommandJob
@@ -99,6 +100,9 @@ class TaskRunner:
         #: The SSH connection exec sessions share; closed when the VM ends.
         self.exec_link = session.SharedGuest()
         self.job = CommandJob(config, vm_name, emit, self.runtime_dir, env)
+        #: The warm slot this task holds (a warm start), released when the task is gone.
+        self.warm_lease: warmlayout.Lease | None = None
+        self.warm_key = ""
 
     # ---- start -----------------------------------------------------------------------
 
@@ -110,6 +114,7 @@ class TaskRunner:
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await self._rollback()
+                    self._release_warm()
                 self.finish(ExitResult(exit_code=1, err="the task did not start"))
                 if self._scope.cancel_called and self._stop_requested:
                     raise TaskStopped(
@@ -140,31 +145,40 @@ class TaskRunner:
             raise TartTrioError(str(exc)) from None
         await self.provision.clear_earlier_attempt(tart)
         forwards = network.forwards(self.task, self.config)
+        resumed: golden.Resumed | None = None
         # The ports are held from here, before the clone, until the supervisor binds them.
         with network.reserve(forwards) as reserved:
-            await self.provision.clone(tart)
-            await self.provision.configure(tart)
-            guest_os = await vms.vm_os(tart, self.vm_name)
-            darwin = self.boot.darwin = guest_os == "darwin"
-            if darwin:
-                # Apple's limit: one macOS VM at a time between the slot check and tart run.
-                async with self.ctx.launch_lock:
-                    await self.boot.check_macos_slots(tart)
+            if self.config.warm_start:
+                resumed = await self._try_warm(tart, reserved, forwards)
+            if resumed is None:
+                await self.provision.clone(tart)
+                await self.provision.configure(tart)
+                guest_os = await vms.vm_os(tart, self.vm_name)
+                darwin = self.boot.darwin = guest_os == "darwin"
+                if darwin:
+                    # Apple's limit: one macOS VM at a time between the slot check and run.
+                    async with self.ctx.launch_lock:
+                        await self.boot.check_macos_slots(tart)
+                        reserved.release()
+                        self.supervisor = await self.boot.launch(tart, forwards)
+                else:
                     reserved.release()
                     self.supervisor = await self.boot.launch(tart, forwards)
-            else:
-                reserved.release()
-                self.supervisor = await self.boot.launch(tart, forwards)
+        assert self.supervisor is not None
         supervisor_pid, token = self.supervisor
-        self._emit(f"VM {self.vm_name} started", {"vm": self.vm_name})
-        with trio.move_on_after(self.ctx.boot_timeout) as boot:
-            ip, host_key = await self.boot.wait_reachable(tart, supervisor_pid, token)
-        if boot.cancelled_caught:
-            raise RecoverableError(
-                f"VM {self.vm_name} was not reachable over SSH within "
-                f"{self.ctx.boot_timeout:.0f}s (boot_timeout)"
-            )
-        self._emit(f"VM reachable at {ip}", {"vm": self.vm_name, "ip": ip})
+        if resumed is None:
+            self._emit(f"VM {self.vm_name} started", {"vm": self.vm_name})
+            with trio.move_on_after(self.ctx.boot_timeout) as boot:
+                ip, host_key = await self.boot.wait_reachable(tart, supervisor_pid, token)
+            if boot.cancelled_caught:
+                raise RecoverableError(
+                    f"VM {self.vm_name} was not reachable over SSH within "
+                    f"{self.ctx.boot_timeout:.0f}s (boot_timeout)"
+                )
+            self._emit(f"VM reachable at {ip}", {"vm": self.vm_name, "ip": ip})
+        else:
+            ip, host_key = resumed.ip, resumed.host_key
+            guest_os, darwin = "darwin", True
         if forwards:
             network.tell_guest_address(self.runtime_dir, ip, supervisor_pid)
             self._emit(_forwarding(forwards, ip), {"vm": self.vm_name})
@@ -174,7 +188,8 @@ class TaskRunner:
             await self.boot.grow_guest_disk(self._address(ip, host_key))
         job = ""
         if self.config.command:
-            job = await self.job.start(self._address(ip, host_key), guest_os)
+            root = resumed.shares_root if resumed is not None else ""
+            job = await self.job.start(self._address(ip, host_key), guest_os, shares_root=root)
         return DriverState(
             vm_name=self.vm_name,
             task_config=self.config,
@@ -192,7 +207,91 @@ class TaskRunner:
             command_job=job,
             command_started=time.time() if job else 0.0,
             guest_os=guest_os,
+            warm_slot=self.warm_lease.key if self.warm_lease is not None else "",
         )
+
+    async def _try_warm(
+        self, tart: Tart, reserved: ports.Reservation, forwards: tuple[ports.Forward, ...]
+    ) -> golden.Resumed | None:
+        """Resume a clone of a warm pool's golden; None (after saying why) to boot cold."""
+        leases = self.ctx.warm
+        lease = (
+            leases.lease(self.task, self.config, self.vm_name)
+            if leases is not None
+            else "warm start is not available in this plugin instance"
+        )
+        if isinstance(lease, str):
+            self._emit(f"Cold start: {lease}", {"vm": self.vm_name})
+            return None
+        assert leases is not None
+        self.warm_lease, self.warm_key = lease, lease.key
+        self.boot.darwin = True
+        began = time.monotonic()
+        try:
+
+            def cloned() -> None:
+                self.provision.cloned = True
+
+            def launched(supervisor: tuple[int, str | None]) -> None:
+                self.supervisor = supervisor
+
+            resumed, clone_seconds = await warmstart.resume_clone(
+                tart,
+                self.task,
+                self.vm_name,
+                self.ctx,
+                lease,
+                self.boot,
+                reserved,
+                forwards,
+                cloned=cloned,
+                launched=launched,
+            )
+        except (golden.WarmFailure, TartTrioError, OSError, trio.TooSlowError) as exc:
+            reason = exc.reason if isinstance(exc, golden.WarmFailure) else str(exc)
+            if isinstance(exc, trio.TooSlowError):
+                reason = f"the resumed VM did not answer within {golden.WARM_BUDGET:.0f}s"
+            at_fault = isinstance(exc, golden.WarmFailure) and exc.golden_at_fault
+            log.info(
+                "warm start failed",
+                extra={"vm": self.vm_name, "fallback_reason": reason, "warm": False},
+            )
+            with trio.CancelScope(shield=True):
+                await self._force_down()
+                self.supervisor = None
+                await self._delete_vm()
+            self.provision.cloned = False
+            self.warm_lease, self.warm_key = None, ""
+            leases.release(lease.key, self.vm_name, golden_failed=reason if at_fault else "")
+            for stale in ("status.json", "tart-run.pid", "tart-run.log"):
+                (self.runtime_dir / stale).unlink(missing_ok=True)
+            self._emit(f"Warm start failed: {reason}; booting cold", {"vm": self.vm_name})
+            return None
+        total = time.monotonic() - began
+        age = (time.time() - lease.record.built_at) / 60
+        self._emit(
+            f"Warm start: resumed from pool {lease.slot.pool} slot {lease.slot.index} (golden "
+            f"built {age:.0f} min ago) at {resumed.ip}: clone {clone_seconds:.1f}s, restore "
+            f"{resumed.restore_seconds:.1f}s, SSH {resumed.ssh_seconds:.1f}s, shares "
+            f"{resumed.mount_seconds:.1f}s, {golden.describe_step(resumed.clock_step)}",
+            {"vm": self.vm_name, "ip": resumed.ip},
+        )
+        log.info(
+            "warm start",
+            extra={
+                "vm": self.vm_name,
+                "warm": True,
+                "pool": lease.slot.pool,
+                "slot": lease.slot.index,
+                "clone_ms": round(clone_seconds * 1000),
+                "restore_ms": round(resumed.restore_seconds * 1000),
+                "ssh_ms": round(resumed.ssh_seconds * 1000),
+                "mount_ms": round(resumed.mount_seconds * 1000),
+                "clock_step_s": resumed.clock_step,
+                "total_ms": round(total * 1000),
+            },
+        )
+        return resumed
 
     async def _rollback(self) -> None:
         """Undo a partial start: no VM, supervisor or bundle may be left behind."""
@@ -308,6 +407,7 @@ class TaskRunner:
         self.provision.runtime_dir = self.boot.runtime_dir = self.runtime_dir
         self.supervisor = (state.supervisor_pid, state.supervisor_token)
         self.provision.cloned = True
+        self.warm_key = state.warm_slot
 
     async def watch_recovered(self) -> None:
         """Watch a recovered VM (nothing to do when it had already exited)."""
@@ -431,4 +531,11 @@ class TaskRunner:
         self._scope.cancel()
         await self._power_off(0)  # a task whose command ended may still be powering off
         await self._delete_vm()
+        self._release_warm()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+    def _release_warm(self) -> None:
+        """Give the warm slot back once this task's VM is gone (its links are the task's)."""
+        if self.warm_key and self.ctx.warm is not None:
+            self.ctx.warm.release(self.warm_key, self.vm_name)
+        self.warm_key, self.warm_lease = "", None

@@ -42,6 +42,8 @@ class DriverState(msgspec.Struct, frozen=True, kw_only=True):
     command_job: str = ""
     command_started: float = 0.0
     guest_os: str = ""
+    #: A warm start's slot (``<pool>/<index>``), held until the task is destroyed.
+    warm_slot: str = ""
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
