@@ -169,6 +169,7 @@ class WarmPools:
             if count >= RESTORES_BEFORE_REBUILD:
                 one.problem = f"its golden's restores failed {count} times: {golden_failed}"
                 one.record = None  # rebuilt by the next round
+                warmlayout.write_record(one.slot, None)
         self._changed()
         self._wake.set()
 

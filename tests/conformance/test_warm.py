@@ -3,7 +3,10 @@ doubt boots cold in the same StartTask (the fake models Tart's suspend and resto
 
 from __future__ import annotations
 
+import contextlib
+import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ import pytest
 import trio
 
 from tests.conformance.conftest import launch_args, until
-from tests.conformance.nomadsim import NomadSim, SimStream
+from tests.conformance.nomadsim import NomadSim, NomadSimError, SimStream
 from tests.conformance.test_command import hcl_string
 from tests.conformance.test_lifecycle import collect, vm_names
 from tests.faketart.fixtures import MACOS_IMAGE, FakeTart, needs_guest_reason
@@ -82,30 +85,173 @@ async def ready_slots(stream: SimStream, wanted: int, seconds: float = 90) -> No
                 return
 
 
+#: The task VMs (``nomad-<alloc uuid>``), not the goldens (``nomad-warm-...``).
+TASK_VMS = "nomad-????????-*"
+
+
+@contextlib.asynccontextmanager
+async def goldens_removed(sim: NomadSim, fake_tart: FakeTart) -> AsyncIterator[None]:
+    """Goldens outlive tasks and plugins by design: each test removes them at its end."""
+    try:
+        yield
+    finally:
+        with trio.CancelScope(shield=True):
+            with contextlib.suppress(NomadSimError):
+                await sim.call("kill")
+            for vm in fake_tart.running_vms():
+                fake_tart.tart("stop", vm)
+            await until(lambda: not fake_tart.running_vms())
+            for vm in vm_names(fake_tart):
+                fake_tart.tart("delete", vm)
+
+
+def goldens(fake: FakeTart) -> list[str]:
+    return [vm for vm in vm_names(fake) if vm.startswith("nomad-warm-ci-s0-g")]
+
+
+async def run_task(
+    sim: NomadSim, fake: FakeTart, events: list[dict[str, Any]], *, cores: int = 4
+) -> tuple[dict[str, Any], list[str]]:
+    """Start the job, wait for its end, destroy it: its handle and its events' messages."""
+    started = await start(sim, warm_job(cores=cores), cores=cores)
+    waited = await sim.call("wait_task", task_id=started["task_id"])
+    assert waited["result"]["exit_code"] == 7, waited
+    data = Path(started["alloc_dir"]) / "alloc" / "data"
+    assert (data / "seen.txt").read_text() == "from local/\n", "the task's own local/"
+    await sim.call("destroy_task", task_id=started["task_id"])
+    vm = f"nomad-{started['task_config']['alloc_id']}"
+    assert vm not in vm_names(fake), "DestroyTask removes the task's VM"
+    return started, [e["message"] for e in events if e["task_id"] == started["task_id"]]
+
+
+def one(messages: list[str], prefix: str) -> str:
+    found = [m for m in messages if m.startswith(prefix)]
+    assert len(found) == 1, messages
+    return found[0]
+
+
 async def test_a_matching_command_task_resumes_a_warm_clone_and_runs_its_command(
     sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
 ) -> None:
-    fake_tart.set_knobs("*", suspend_seconds=0.2, resume_seconds=0.2)
-    await launch(sim, fake_tart, tmp_path)
-    fingerprints = await sim.open_stream("fingerprint")
-    await ready_slots(fingerprints, 1)
-    golden_sets = len(fake_tart.calls_of("set"))
-    events: list[dict[str, Any]] = []
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(collect, await sim.open_stream("task_events"), events)
-        started = await start(sim, warm_job())
-        waited = await sim.call("wait_task", task_id=started["task_id"])
-        nursery.cancel_scope.cancel()
-    messages = [e["message"] for e in events if e["task_id"] == started["task_id"]]
-    print(messages)
-    assert any(m.startswith("Warm start: resumed from pool ci slot 0") for m in messages), messages
-    assert waited["result"]["exit_code"] == 7
-    data = Path(started["alloc_dir"]) / "alloc" / "data"
-    assert (data / "seen.txt").read_text() == "from local/\n"
-    assert len(fake_tart.calls_of("set")) == golden_sets, "no tart set on a warm clone"
-    await sim.call("destroy_task", task_id=started["task_id"])
-    await sim.close_stream(fingerprints)
-    await sim.call("kill")
-    for vm in vm_names(fake_tart):
-        fake_tart.tart("delete", vm)
-    await until(lambda: vm_names(fake_tart) == [])
+    async with goldens_removed(sim, fake_tart):
+        fake_tart.set_knobs("*", suspend_seconds=0.2, resume_seconds=0.2)
+        await launch(sim, fake_tart, tmp_path)
+        fingerprints = await sim.open_stream("fingerprint")
+        await ready_slots(fingerprints, 1)
+        node = await sim.node_attributes()
+        assert node["driver.tart.warm_start"] == "enabled"
+        (golden,) = goldens(fake_tart)
+        golden_sets = len(fake_tart.calls_of("set"))
+        events: list[dict[str, Any]] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, await sim.open_stream("task_events"), events)
+            started, messages = await run_task(sim, fake_tart, events)
+            nursery.cancel_scope.cancel()
+        hit = one(messages, "Warm start: resumed from pool ci slot 0")
+        assert "restore" in hit and "clock stepped" in hit
+        assert not [m for m in messages if m.startswith(("Cold start", "Warm start failed"))]
+        vm = f"nomad-{started['task_config']['alloc_id']}"
+        assert [c for c in fake_tart.calls_of("clone") if c[-1] == vm] == [["clone", golden, vm]]
+        assert len(fake_tart.calls_of("set")) == golden_sets, "no tart set on a warm clone"
+        (golden_run,) = [c for c in fake_tart.calls_of("run") if c[1] == golden]
+        (task_run,) = [c for c in fake_tart.calls_of("run") if c[1] == vm]
+        assert task_run[2:] == golden_run[2:], "the golden's tart run, byte for byte"
+        data = Path(started["alloc_dir"]) / "alloc" / "data"
+        boot = data / "boottime.txt"
+        assert boot.read_text().startswith("{ sec = "), "a resumed macOS guest"
+        assert abs(int((data / "clock.txt").read_text()) - time.time()) < 30, (
+            "the clock was stepped"
+        )
+        await ready_slots(fingerprints, 1)  # the slot serves the next job
+        await sim.close_stream(fingerprints)
+
+
+async def test_every_doubt_boots_cold_in_the_same_start_and_says_why(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    async with goldens_removed(sim, fake_tart):
+        fake_tart.set_knobs("*", suspend_seconds=0.2, resume_seconds=0.2)
+        await launch(sim, fake_tart, tmp_path)
+        fingerprints = await sim.open_stream("fingerprint")
+        await ready_slots(fingerprints, 1)
+        events: list[dict[str, Any]] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, await sim.open_stream("task_events"), events)
+
+            # Not the pool's shape: cold, naming the field.
+            _, messages = await run_task(sim, fake_tart, events, cores=6)
+            assert one(messages, "Cold start: ") == (
+                "Cold start: resources.cores is 6; warm pool ci's VMs have 4"
+            )
+
+            # A clone without the saved state (Tart copies it with try?).
+            fake_tart.set_knobs(TASK_VMS, clone_state_copy_failure=True)
+            _, messages = await run_task(sim, fake_tart, events)
+            assert "carries no saved state" in one(messages, "Warm start failed: ")
+            fake_tart.set_knobs(TASK_VMS, clone_state_copy_failure=False)
+            await ready_slots(fingerprints, 1)
+
+            # The share shows what the golden saw, not this task's directories: the nonce.
+            fake_tart.set_knobs(TASK_VMS, restored_share_view="saved")
+            _, messages = await run_task(sim, fake_tart, events)
+            assert "the nonce read back in the guest differs" in one(
+                messages, "Warm start failed: "
+            )
+            fake_tart.set_knobs(TASK_VMS, restored_share_view="new")
+            await ready_slots(fingerprints, 1)
+
+            # Another running VM has the golden's MAC: Tart resets the clone's and boots it.
+            (golden,) = goldens(fake_tart)
+            fake_tart.tart("clone", golden, "intruder", check=True)
+            (golden_run,) = [c for c in fake_tart.calls_of("run") if c[1] == golden]
+            intruder = fake_tart.run_vm("intruder", *golden_run[3:], no_graphics=True)
+            await until(lambda: "intruder" in fake_tart.running_vms())
+            _, messages = await run_task(sim, fake_tart, events)
+            assert "had the golden's MAC address" in one(messages, "Warm start failed: ")
+            fake_tart.tart("stop", "intruder", check=True)
+            intruder.wait()
+            await until(lambda: "intruder" not in fake_tart.running_vms())
+            fake_tart.tart("delete", "intruder", check=True)
+            await ready_slots(fingerprints, 1)
+
+            # Refused restores: twice, and the golden is built again.
+            fake_tart.set_knobs(TASK_VMS, restore_failure=True)
+            for _ in range(2):
+                _, messages = await run_task(sim, fake_tart, events)
+                failed = one(messages, "Warm start failed: ")
+                assert "refusing the restore" in failed and "VZErrorDomain Code=12" in failed
+            fake_tart.set_knobs(TASK_VMS, restore_failure=None)
+            # a new golden after two refused restores
+            await until(lambda: goldens(fake_tart) not in ([golden], []), 60)
+            await ready_slots(fingerprints, 1)
+            nursery.cancel_scope.cancel()
+        for message in (m["message"] for m in events):
+            assert "admin" not in message or "ssh_user" in message
+        await sim.close_stream(fingerprints)
+
+
+async def test_a_host_whose_self_test_fails_boots_every_job_cold_and_says_so(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    async with goldens_removed(sim, fake_tart):
+        fake_tart.set_knobs(
+            "*", suspend_seconds=0.2, resume_seconds=0.2, restored_share_view="saved"
+        )
+        await launch(sim, fake_tart, tmp_path)
+        fingerprints = await sim.open_stream("fingerprint")
+        with trio.fail_after(90):
+            while True:
+                message = await fingerprints.receive()
+                if "Warm pool ci is unavailable" in message.get("health_description", ""):
+                    break
+        assert "self-test" in message["health_description"] and message["health"] == "HEALTHY"
+        node = await sim.node_attributes()
+        assert node["driver.tart.warm_start"] == "unavailable" and node[READY] == "0"
+        assert goldens(fake_tart) == [], "a golden this host cannot resume is not kept"
+        events: list[dict[str, Any]] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, await sim.open_stream("task_events"), events)
+            _, messages = await run_task(sim, fake_tart, events)
+            nursery.cancel_scope.cancel()
+        assert one(messages, "Cold start: ").startswith("Cold start: warm pool ci is unavailable")
+        await sim.close_stream(fingerprints)
