@@ -64,6 +64,9 @@ class WarmPool(Base, frozen=True):
         int, Meta(ge=1, le=2, description="Golden VMs kept ready (each serves one job at once).")
     ] = 1
     max_age: Annotated[str, doc("A golden older than this is built again.")] = "24h"
+    resume_timeout: Annotated[
+        str, doc("How long a resumed clone may take to answer before the job boots cold.")
+    ] = "15s"
     ssh_user: Annotated[str, doc("The image's user, to reach a golden over SSH.")] = "admin"
     ssh_password: Annotated[str, doc("That user's password; never logged.")] = "admin"
 
@@ -271,6 +274,14 @@ def _validate_warm_pools(config: PluginConfig) -> None:
             raise ConfigError(f"{field}.max_age", str(exc), scope="plugin config") from None
         if seconds < 60:
             raise ConfigError(f"{field}.max_age", "must be at least 1m", scope="plugin config")
+        try:
+            seconds = parse_duration(pool.resume_timeout)
+        except ValueError as exc:
+            raise ConfigError(f"{field}.resume_timeout", str(exc), scope="plugin config") from None
+        if not 1 <= seconds <= 600:
+            raise ConfigError(
+                f"{field}.resume_timeout", "must be between 1s and 10m", scope="plugin config"
+            )
     if config.warm_dir and not config.warm_dir.startswith("/"):
         raise ConfigError(
             "warm_dir", f"{config.warm_dir!r} is not an absolute path", scope="plugin config"

@@ -40,8 +40,6 @@ from tart_trio._task.context import TaskContext
 
 log = logging.getLogger("warm")
 
-#: From ``tart run`` of a suspended clone until the guest answers, mounted and checked.
-WARM_BUDGET: Final = 15.0
 SUSPEND_SECONDS: Final = 300.0
 STATE_FILE: Final = "state.vzvmsave"
 RESTORING: Final = "restoring VM state from a snapshot"
@@ -79,6 +77,12 @@ def pool_key(pool: WarmPool) -> str:
         [pool.name, pool.image, pool.cores, pool.memory, pool.network, pool.ssh_user]
     )
     return hashlib.sha256(shape).hexdigest()[:16]
+
+
+def budget(pool: WarmPool) -> float:
+    """From ``tart run`` of a clone until it answers, mounted and checked (never taken
+    from ``boot_timeout``)."""
+    return _seconds(pool.resume_timeout)
 
 
 def network_args(pool: WarmPool) -> list[str]:
@@ -433,12 +437,12 @@ async def self_test(
             supervisor = await start_supervisor(
                 tart, ctx.launch_prefix, runtime, clone_run(record, vm)
             )
-        with trio.fail_after(WARM_BUDGET):
+        with trio.fail_after(budget(pool)):
             await resume(tart, runtime, supervisor, record, pool.ssh_user, pool.ssh_password, nonce)
         return time.monotonic() - began
     except trio.TooSlowError:
         raise WarmFailure(
-            f"the self-test's clone did not answer within {WARM_BUDGET:.0f}s"
+            f"the self-test's clone did not answer within {pool.resume_timeout} (resume_timeout)"
         ) from None
     finally:
         with trio.CancelScope(shield=True):

@@ -250,7 +250,10 @@ class TaskRunner:
         except (golden.WarmFailure, TartTrioError, OSError, trio.TooSlowError) as exc:
             reason = exc.reason if isinstance(exc, golden.WarmFailure) else str(exc)
             if isinstance(exc, trio.TooSlowError):
-                reason = f"the resumed VM did not answer within {golden.WARM_BUDGET:.0f}s"
+                reason = (
+                    f"the resumed VM did not answer within {lease.pool.resume_timeout} "
+                    "(the pool's resume_timeout)"
+                )
             at_fault = isinstance(exc, golden.WarmFailure) and exc.golden_at_fault
             log.info(
                 "warm start failed",

@@ -140,7 +140,7 @@ class WarmPools:
                 one.holder = vm_name
                 warmlayout.write_holder(one.slot, vm_name)
                 self._changed()
-                return warmlayout.Lease(one.slot, one.record)
+                return warmlayout.Lease(one.slot, one.record, pool)
         building = sum(1 for one in state.slots if one.record is None)
         return (
             f"warm pool {pool.name} has no ready slot ({len(state.slots) - building} busy, "

@@ -24,6 +24,7 @@ from typing import Final, Protocol
 
 import msgspec
 
+from tart_trio._config.plugin import WarmPool
 from tart_trio._config.task import TaskConfig
 from tart_trio._model import NomadTask
 
@@ -207,6 +208,7 @@ class Lease:
 
     slot: Slot
     record: GoldenRecord
+    pool: WarmPool
 
     @property
     def key(self) -> str:

@@ -1,7 +1,7 @@
 """A task's warm start: its slot pointed at its directories, a clone of the slot's golden
 resumed with the golden's ``tart run`` arguments, checked by ``golden.resume``.
 
-The whole attempt has a budget of its own (``golden.WARM_BUDGET`` plus the clone), never
+The whole attempt has a budget of its own (the pool's ``resume_timeout`` plus the clone), never
 taken from ``boot_timeout``; the runner turns every failure into a cold boot.
 """
 
@@ -55,7 +55,7 @@ async def resume_clone(
     clone_seconds = time.monotonic() - began
     if not golden.state_file(tart, vm_name).exists():
         raise golden.WarmFailure("the clone of the golden carries no saved state")
-    with trio.fail_after(golden.WARM_BUDGET):
+    with trio.fail_after(golden.budget(lease.pool)):
         async with ctx.launch_lock:
             await boot.check_macos_slots(tart)
             reserved.release()

@@ -4,6 +4,7 @@ doubt boots cold in the same StartTask (the fake models Tart's suspend and resto
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -62,9 +63,11 @@ async def launch(sim: NomadSim, fake: FakeTart, tmp_path: Path, **pool: str) -> 
     await sim.call("set_config", hcl=plugin_hcl(tmp_path / "warm", **pool), with_nomad_config=True)
 
 
-async def start(sim: NomadSim, job_hcl: str, *, cores: int = 4) -> dict[str, Any]:
+async def start(
+    sim: NomadSim, job_hcl: str, *, cores: int = 4, alloc_id: str = ""
+) -> dict[str, Any]:
     spec = {
-        "alloc_id": str(uuid.uuid4()),
+        "alloc_id": alloc_id or str(uuid.uuid4()),
         "env": {},
         "resources": {
             "cpu_shares": 1000 * cores,
@@ -171,7 +174,7 @@ async def test_every_doubt_boots_cold_in_the_same_start_and_says_why(
 ) -> None:
     async with goldens_removed(sim, fake_tart):
         fake_tart.set_knobs("*", suspend_seconds=0.2, resume_seconds=0.2)
-        await launch(sim, fake_tart, tmp_path)
+        await launch(sim, fake_tart, tmp_path, resume_timeout='"2s"')
         fingerprints = await sim.open_stream("fingerprint")
         await ready_slots(fingerprints, 1)
         events: list[dict[str, Any]] = []
@@ -214,6 +217,40 @@ async def test_every_doubt_boots_cold_in_the_same_start_and_says_why(
             fake_tart.tart("delete", "intruder", check=True)
             await ready_slots(fingerprints, 1)
 
+            # The resumed guest answers with another host key than the golden had.
+            keys = fake_tart.vm_dir(golden) / ".faketart"
+            saved = {
+                n: (keys / n).read_bytes()
+                for n in ("ssh_host_ed25519_key", "ssh_host_ed25519_key.pub")
+            }
+            for name in saved:
+                (keys / name).unlink()
+            subprocess.run(
+                [
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-f",
+                    str(keys / "ssh_host_ed25519_key"),
+                ],
+                check=True,
+            )
+            _, messages = await run_task(sim, fake_tart, events)
+            assert "host key is not the golden's" in one(messages, "Warm start failed: ")
+            for name, content in saved.items():
+                (keys / name).write_bytes(content)
+            await ready_slots(fingerprints, 1)
+
+            # A clone that does not answer within the pool's resume_timeout.
+            fake_tart.set_knobs(TASK_VMS, resume_seconds=10)
+            _, messages = await run_task(sim, fake_tart, events)
+            assert "did not answer within 2s" in one(messages, "Warm start failed: ")
+            fake_tart.set_knobs(TASK_VMS, resume_seconds=0.2)
+            await ready_slots(fingerprints, 1)
+
             # Refused restores: twice, and the golden is built again.
             fake_tart.set_knobs(TASK_VMS, restore_failure=True)
             for _ in range(2):
@@ -254,4 +291,59 @@ async def test_a_host_whose_self_test_fails_boots_every_job_cold_and_says_so(
             _, messages = await run_task(sim, fake_tart, events)
             nursery.cancel_scope.cancel()
         assert one(messages, "Cold start: ").startswith("Cold start: warm pool ci is unavailable")
+        await sim.close_stream(fingerprints)
+
+
+async def test_a_plugin_killed_mid_warm_start_or_mid_build_leaves_nothing_behind(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    async with goldens_removed(sim, fake_tart):
+        # Killed while its golden is saving: the next plugin removes it and builds anew.
+        fake_tart.set_knobs("nomad-warm-*", suspend_seconds=30, resume_seconds=0.2)
+        await launch(sim, fake_tart, tmp_path)
+        await until(
+            lambda: any(c[1].startswith("nomad-warm-ci") for c in fake_tart.calls_of("suspend")), 60
+        )
+        (lost,) = goldens(fake_tart)
+        await sim.call("sigkill")
+        fake_tart.set_knobs("nomad-warm-*", suspend_seconds=0.2)
+        await launch(sim, fake_tart, tmp_path)
+        fingerprints = await sim.open_stream("fingerprint")
+        await ready_slots(fingerprints, 1)
+        (golden,) = goldens(fake_tart)
+        assert golden != lost and lost not in vm_names(fake_tart)
+        assert list(fake_tart.running_vms()) == [], "no golden left running"
+        await sim.close_stream(fingerprints)
+
+        # Killed while a task's clone resumes: Nomad starts the task again, warm again.
+        fake_tart.set_knobs(TASK_VMS, resume_seconds=5)
+        alloc = str(uuid.uuid4())
+        vm = f"nomad-{alloc}"
+        async with trio.open_nursery() as nursery:
+
+            async def first_attempt() -> None:
+                with contextlib.suppress(NomadSimError):
+                    await start(sim, warm_job(), alloc_id=alloc)
+
+            nursery.start_soon(first_attempt)
+            await until(lambda: any(c[1] == vm for c in fake_tart.calls_of("run")), 30)
+            await sim.call("sigkill")
+        fake_tart.set_knobs(TASK_VMS, resume_seconds=0.2)
+        await launch(sim, fake_tart, tmp_path)
+        fingerprints = await sim.open_stream("fingerprint")
+        # The slot is held by the task's VM, which still runs; the task's repeated start
+        # ends it and may take the slot again.
+        await ready_slots(fingerprints, 0)
+        events: list[dict[str, Any]] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, await sim.open_stream("task_events"), events)
+            started = await start(sim, warm_job(), alloc_id=alloc)
+            waited = await sim.call("wait_task", task_id=started["task_id"])
+            await sim.call("destroy_task", task_id=started["task_id"])
+            nursery.cancel_scope.cancel()
+        assert waited["result"]["exit_code"] == 7
+        messages = [e["message"] for e in events if e["task_id"] == started["task_id"]]
+        assert one(messages, "Warm start: resumed from pool ci slot 0")
+        assert vm_names(fake_tart) == [golden], "the golden, and nothing else"
+        await ready_slots(fingerprints, 1)
         await sim.close_stream(fingerprints)
