@@ -140,6 +140,7 @@ def test_password_is_redacted_in_repr() -> None:
         ({"ports": ["http", "ssh", "http"]}, "ports[2]", ["'http'", "twice"]),
         ({"ports": [" "]}, "ports[0]", ["port label", "network block"]),
         ({"ports": ["http"], "pull_only": True}, "ports", ["pull_only"]),
+        ({"warm_start": True, "pull_only": True}, "warm_start", ["pull_only"]),
     ],
 )
 def test_bad_values_name_the_field_and_the_allowed_values(
@@ -229,6 +230,51 @@ def test_plugin_config_defaults_and_errors() -> None:
         decode_plugin_config(session)
 
 
+def _pool(**fields: Any) -> dict[str, Any]:
+    return {
+        "name": "xcode",
+        "image": "ghcr.io/cirruslabs/macos-sequoia-xcode:latest",
+        "cores": 4,
+        "memory": 8192,
+        **fields,
+    }
+
+
+@pytest.mark.parametrize(
+    ("plugin", "field", "words"),
+    [
+        ({"warm_pool": [_pool(name="Xcode-16")]}, "warm_pool[0].name", ["lower-case", "attribute"]),
+        ({"warm_pool": [_pool(), _pool()]}, "warm_pool[1].name", ["two pools"]),
+        ({"warm_pool": [_pool(image="my-local-vm")]}, "warm_pool[0].image", ["remote image"]),
+        ({"warm_pool": [_pool(network="bridged")]}, "warm_pool[0].network", ["shared, softnet"]),
+        (
+            {"warm_pool": [_pool(slots=2)], "max_macos_vms": 1},
+            "warm_pool[0].slots",
+            ["max_macos_vms"],
+        ),
+        ({"warm_pool": [_pool(max_age="10s")]}, "warm_pool[0].max_age", ["at least 1m"]),
+        ({"warm_pool": [_pool(resume_timeout="1h")]}, "warm_pool[0].resume_timeout", ["10m"]),
+        ({"warm_dir": "relative"}, "warm_dir", ["absolute"]),
+    ],
+)
+def test_bad_warm_pools_name_the_field(
+    plugin: dict[str, Any], field: str, words: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        decode_plugin_config(msgspec.msgpack.encode(plugin))
+    assert caught.value.field == field
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_a_warm_pools_password_is_never_shown() -> None:
+    config = decode_plugin_config(
+        msgspec.msgpack.encode({"warm_pool": [_pool(ssh_password="s3cret")]})
+    )
+    assert config.warm_pool[0].ssh_password == "s3cret"
+    assert "s3cret" not in repr(config)
+
+
 def test_task_config_struct_is_the_documented_one() -> None:
     fields = {f.name: f for f in msgspec.structs.fields(TaskConfig)}
     assert set(fields) == {
@@ -250,6 +296,7 @@ def test_task_config_struct_is_the_documented_one() -> None:
         "timeout",
         "guest_logs",
         "ports",
+        "warm_start",
     }
     assert {n for n, f in fields.items() if f.required} == {"url"}
 
