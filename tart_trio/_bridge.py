@@ -1,8 +1,9 @@
 """The one asyncio bridge: typed wrappers around trio-asyncio.
 
 grpclib (the gRPC server) and asyncssh (guest access) are asyncio libraries; everything
-else is trio. ``open_loop`` is entered once, in ``_rpc.plugin.serve``; the rpc and guest layers
-cross between the two worlds only through these functions.
+else is trio. ``open_loop`` is entered once per process: in ``_rpc.plugin.serve``, or in the
+standalone ``warm-check`` (``_driver.warmcheck``); the rpc and guest layers cross between the
+two worlds only through these functions.
 """
 
 from __future__ import annotations

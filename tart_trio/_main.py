@@ -35,6 +35,7 @@ then run jobs with driver = "tart". See the README for details.
 
 USAGE: Final = """\
 usage: nomad-driver-tart [--version] [--log-level trace|debug|info|warn|error]
+       nomad-driver-tart warm-check --image IMAGE [options]   (see warm-check --help)
 """
 
 
@@ -71,6 +72,10 @@ def main(executable: Sequence[str] | None = None) -> None:
         spec = getattr(sys.modules.get("__main__"), "__spec__", None)
         executable = helpers.invocation(sys.argv[0], spec.name if spec else None)
     helpers.set_executable(executable)
+    if argv[:1] == ["warm-check"]:
+        from tart_trio._driver import warmcheck
+
+        sys.exit(warmcheck.main(argv[1:]))
     if "--version" in argv or "-v" in argv:
         print(f"nomad-driver-tart {__version__}")
         sys.exit(0)

@@ -19,6 +19,7 @@ from tests.conformance.nomadsim import NomadSim, NomadSimError, SimStream
 from tests.conformance.test_command import hcl_string
 from tests.conformance.test_lifecycle import collect, vm_names
 from tests.faketart.fixtures import MACOS_IMAGE, FakeTart, needs_guest_reason
+from tests.plugin_process import plugin_command
 
 pytestmark = pytest.mark.skipif(needs_guest_reason() is not None, reason=needs_guest_reason() or "")
 
@@ -347,3 +348,26 @@ async def test_a_plugin_killed_mid_warm_start_or_mid_build_leaves_nothing_behind
         assert vm_names(fake_tart) == [golden], "the golden, and nothing else"
         await ready_slots(fingerprints, 1)
         await sim.close_stream(fingerprints)
+
+
+async def test_warm_check_tells_an_operator_what_this_host_supports(
+    fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    fake_tart.set_knobs("*", suspend_seconds=0.2, resume_seconds=0.2)
+    argv = [*plugin_command(), "warm-check", "--image", MACOS_IMAGE, "--cores", "4"]
+    env = {**fake_tart.env(), "TART_SSH_PASSWORD": "admin"}
+    passed = await trio.run_process(argv, env=env, capture_stdout=True, check=False)
+    out = passed.stdout.decode()
+    assert passed.returncode == 0, out
+    assert "self-test passed" in out and out.rstrip().endswith(
+        f"This host supports warm start for {MACOS_IMAGE}."
+    )
+    assert vm_names(fake_tart) == [], "it removes what it made"
+
+    fake_tart.set_knobs("*", restored_share_view="saved")  # a host whose shares stay put
+    failed = await trio.run_process(argv, env=env, capture_stdout=True, check=False)
+    out = failed.stdout.decode()
+    assert failed.returncode == 1, out
+    assert "self-test failed: the warm share does not show this task's directories" in out
+    assert "does NOT support warm start" in out
+    assert vm_names(fake_tart) == []
