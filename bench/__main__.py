@@ -1,6 +1,6 @@
 """``python -m bench``: run every benchmark, write BENCHMARKS.md and build/bench-results.json.
 
-Options: ``--only startup,decode,tasks,logs,fingerprint,command,hostile,ports`` (a subset)
+Options: ``--only startup,decode,tasks,logs,fingerprint,command,hostile,ports,warm``
 and ``--quick`` (fewer runs, for trying the harness) write ``build/BENCHMARKS.partial.md`` and
 ``build/bench-results.partial.json`` instead, so they never replace the full report;
 ``--output PATH`` chooses the Markdown file.
@@ -21,12 +21,22 @@ from typing import Any
 
 import trio
 
-from bench import command, decode, fingerprint, hostile, logs, ports, report, startup, tasks
+from bench import command, decode, fingerprint, hostile, logs, ports, report, startup, tasks, warm
 from bench.rig import sweep_stale
 from bench.util import busy_fraction, machine, versions
 
 REPO = Path(__file__).resolve().parent.parent
-ALL = ("startup", "decode", "tasks", "logs", "fingerprint", "command", "hostile", "ports")
+ALL = (
+    "startup",
+    "decode",
+    "tasks",
+    "logs",
+    "fingerprint",
+    "command",
+    "hostile",
+    "ports",
+    "warm",
+)
 
 
 def _params(quick: bool) -> dict[str, dict[str, Any]]:
@@ -40,6 +50,7 @@ def _params(quick: bool) -> dict[str, dict[str, Any]]:
             "command": {"runs": 2},
             "hostile": {"tasks": 3, "rounds": 1, "calls": 30},
             "ports": {"runs": 2},
+            "warm": {"runs": 2},
         }
     return {
         "startup": {"runs": 7},
@@ -50,6 +61,7 @@ def _params(quick: bool) -> dict[str, dict[str, Any]]:
         "command": {"runs": 7},
         "hostile": {"tasks": 10, "rounds": 3, "calls": 200},
         "ports": {"runs": 7},
+        "warm": {"runs": 5},
     }
 
 
@@ -63,6 +75,7 @@ async def _run_all(names: list[str], params: dict[str, dict[str, Any]]) -> dict[
         "command": command,
         "hostile": hostile,
         "ports": ports,
+        "warm": warm,
     }
     results: dict[str, Any] = {}
     async with trio.open_nursery() as nursery:

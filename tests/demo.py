@@ -159,6 +159,7 @@ async def demo(workdir: Path) -> None:
                 say(f"    destroyed; VMs left in `tart list`: {left or 'none'}")
 
                 await ci_job(sim, fake, workdir, log, nursery)
+                await warm_jobs(sim, fake, workdir)
                 nursery.cancel_scope.cancel()
             killed = await sim.call("kill")
             step(f"Agent shutdown: plugin exited gracefully: {killed['graceful']}")
@@ -265,6 +266,61 @@ async def ci_job(
     await sim.call("destroy_task", task_id=task_id)
     left = fake.tart("list", "--quiet", "--source", "local").stdout.split()
     say(f"    destroyed; VMs left in `tart list`: {left or 'none'}")
+
+
+WARM_JOB = REPO / "examples" / "ci-warm.nomad.hcl"
+WARM_POOL = """
+    warm_dir = "{warm_dir}"
+    warm_pool {{
+      name   = "sequoia"
+      image  = "{image}"
+      cores  = 4
+      memory = 8192
+    }}
+"""
+
+
+async def warm_jobs(sim: NomadSim, fake: FakeTart, workdir: Path) -> None:
+    """Warm start: a golden built in the background, a job resumed from it, a fallback."""
+    step("The operator adds a warm pool to the agent (warm_pool { }); a golden VM is built")
+    fake.set_knobs("nomad-warm-*", boot_delay=1, suspend_seconds=1)
+    agent = AGENT.read_text().replace(
+        "  config {\n",
+        "  config {\n" + WARM_POOL.format(warm_dir=workdir / "warm", image=MACOS_IMAGE),
+        1,
+    )
+    await sim.call("set_config", hcl=agent, with_nomad_config=True)
+    fingerprints = await sim.open_stream("fingerprint")
+    began = trio.current_time()
+    with trio.fail_after(120):
+        while True:
+            attributes = (await fingerprints.receive()).get("attributes", {})
+            if str(attributes.get("driver.tart.warm.sequoia.ready", {}).get("int_val")) == "1":
+                break
+    await sim.close_stream(fingerprints)
+    say(f"    booted, suspended and self-tested in {trio.current_time() - began:.0f}s")
+    say("    node attribute: driver.tart.warm.sequoia.ready = 1")
+    for fallback in (False, True):
+        if fallback:
+            step("The same job again, on a host where the restore is refused: it boots cold")
+            fake.set_knobs("nomad-????????-*", restore_failure=True)
+        else:
+            step(f"nomad job run {WARM_JOB.relative_to(REPO)}   (warm_start = true)")
+        task = {
+            "alloc_id": str(uuid.uuid4()),
+            "env": {},
+            "resources": {"cpu_shares": 4000, "memory_mb": 8192, "cpuset_cpus": "0,1,2,3"},
+        }
+        started = await sim.call(
+            "start_task", task=task, job_file=str(WARM_JOB), create_alloc_dir=True
+        )
+        say(f"    StartTask answered after {started['seconds']:.1f}s")
+        waited = await sim.call("wait_task", task_id=started["task_id"])
+        for line in Path(started["stdout_log"]).read_text().splitlines():
+            say(f"    {line}")
+        say(f"    exit code {waited['result']['exit_code']}")
+        await sim.call("destroy_task", task_id=started["task_id"])
+    fake.set_knobs("nomad-????????-*", restore_failure=None)
 
 
 def main() -> None:

@@ -322,12 +322,19 @@ async def wait_for_guest(
         delay = min(delay * 2, max_delay)
 
 
-async def reach_guest(address: GuestAddress, within: float) -> Guest:
+def login_refused(exc: GuestError) -> bool:
+    """Whether the guest refused the login (a wrong user or password), not unreachable."""
+    return isinstance(exc.__cause__, asyncssh.PermissionDenied)
+
+
+async def reach_guest(
+    address: GuestAddress, within: float, *, first_delay: float = 0.25, max_delay: float = 2.0
+) -> Guest:
     """Connect, retrying for ``within`` seconds while the guest is unreachable.
 
     A refused login or a changed host key fails at once. The caller closes the guest.
     """
-    delay = 0.25
+    delay = first_delay
     last: GuestError | None = None
     with trio.move_on_after(within):
         while True:
@@ -342,5 +349,5 @@ async def reach_guest(address: GuestAddress, within: float) -> Guest:
             else:
                 return Guest(conn, address)
             await trio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, max_delay)
     raise GuestError(f"the VM was not reachable over SSH within {within:.0f}s: {last}")

@@ -45,6 +45,8 @@ STATE_FILE: Final = "state.vzvmsave"
 RESTORING: Final = "restoring VM state from a snapshot"
 RESUMED: Final = "resuming VM"
 MAC_RESET: Final = "Resetting VM to assign a new MAC address"
+#: Checks of a resumed guest whose share shows no nonce at all (it may not be mounted yet).
+CHECK_ATTEMPTS: Final = 3
 #: What the mount-and-check command may print (the guest is hostile: bounded, parsed).
 CHECK_OUTPUT_MAX: Final = 4096
 
@@ -274,51 +276,65 @@ class Resumed:
     host_key: str
     shares_root: str
     restore_seconds: float
-    ssh_seconds: float
-    mount_seconds: float
+    #: The one SSH command after the resume: mount, nonce, clock.
+    check_seconds: float
     clock_step: float | None
 
 
+#: After a resume, in one SSH command: mount the warm tag, read the nonce back, and step
+#: the clock to the host's time given as $1 (the password for sudo comes on stdin).
 _CHECK: Final = (
     'm="$HOME/{mount}"; mkdir -p "$m" && mount_virtiofs {tag} "$m" >/dev/null 2>&1; '
-    'printf "home %s\\n" "$HOME"; printf "nonce "; head -c 64 "$m/probe/{nonce_file}"'
+    'printf "home %s\\n" "$HOME"; printf "nonce "; head -c 64 "$m/probe/{nonce_file}"; echo; '
+    "IFS= read -r pw; before=$(date +%s); "
+    "if printf '%s\\n' \"$pw\" | sudo -S -p '' date -u -f %s \"$1\" >/dev/null 2>&1; "
+    'then printf "clock %s\\n" "$before"; fi'
 )
 
 
-async def _step_clock(guest: ssh.Guest, password: str) -> float | None:
-    """Step the guest's clock to the host's; the step in seconds (None: it failed)."""
-    now = time.time()
+async def _reach(tart: Tart, vm: str, address: ssh.GuestAddress, deadline: float) -> ssh.Guest:
+    """SSH to a resumed clone with the golden's host key: at the golden's address first
+    (the lease its MAC holds), else where ``tart ip --resolver arp`` finds it (a golden
+    suspended past its lease, or its address taken meanwhile: another VM answers there)."""
+    first = max(0.5, (deadline - time.monotonic()) / 3)
     try:
-        before = await guest.run(["date", "+%s"], max_output=64)
-        guest_now = int(before.stdout.strip() or b"0")
-        stepped = await guest.run(
-            ["sudo", "-S", "-p", "", "date", "-u", "-f", "%s", str(int(time.time()))],
-            stdin=f"{password}\n".encode() if "\n" not in password else b"\n",
-            max_output=256,
-        )
-    except (ssh.GuestError, ValueError):
-        return None
-    return now - guest_now if stepped.exit_code == 0 else None
+        return await ssh.reach_guest(address, first, first_delay=0.05, max_delay=0.25)
+    except ssh.GuestError as exc:
+        if ssh.login_refused(exc):
+            raise
+        missed = exc
+    try:
+        found = (await tart.run("ip", vm, "--resolver", "arp", "--wait", "2")).strip()
+    except TartCommandError:
+        found = ""
+    if not found or found == address.host:
+        raise missed
+    left = max(0.5, deadline - time.monotonic())
+    moved = msgspec.structs.replace(address, host=found)
+    return await ssh.reach_guest(moved, left, first_delay=0.05, max_delay=0.25)
 
 
 async def resume(
     tart: Tart,
+    vm: str,
     runtime_dir: Path,
     supervisor: tuple[int, str | None],
     record: warmlayout.GoldenRecord,
     user: str,
     password: str,
     nonce: str,
+    within: float,
 ) -> Resumed:
     """Wait for a resumed clone: restored (not booted), SSH at the golden's address with
-    its host key, the warm tag mounted and the nonce read back, the clock stepped."""
+    its host key, the warm tag mounted and the nonce read back, the clock stepped; all
+    within ``within`` seconds (the caller's budget)."""
     pid, token = supervisor
     began = time.monotonic()
     log_file = runtime_dir / "tart-run.log"
     address = ssh.GuestAddress(
         host=record.ip, user=user, password=password, host_key=record.host_key
     )
-    reached: list[str] = []
+    reached: list[ssh.Guest] = []
 
     def said(text: str) -> bool:
         try:
@@ -335,8 +351,8 @@ async def resume(
             if said(MAC_RESET):
                 scope.cancel()
                 return
-            await trio.sleep(0.05)  # tart run's log: a file another process writes
-        reached.append(await ssh.wait_for_guest(address, first_delay=0.1, max_delay=0.5))
+            await trio.sleep(0.02)  # tart run's log: a file another process writes
+        reached.append(await _reach(tart, vm, address, began + within))
         scope.cancel()
 
     try:
@@ -349,6 +365,8 @@ async def resume(
     except ssh.GuestError as exc:
         raise WarmFailure(f"no SSH login to the resumed guest: {exc}") from None
     if said(MAC_RESET):
+        for guest in reached:
+            await guest.aclose()
         raise WarmFailure(
             "another running VM had the golden's MAC address, so Tart gave the clone a new "
             "one and discarded its saved state"
@@ -360,51 +378,84 @@ async def resume(
         raise WarmFailure(
             f"`tart run` exited with code {code} "
             + ("refusing the restore" if refused else "before the restore")
-            + f": {tail(log_file, 300)}",
+            + f": {last_line(log_file)}",
             golden_at_fault=refused,
         )
     restored = time.monotonic()
-    try:
-        async with ssh.open_guest(address) as guest:
-            ssh_done = time.monotonic()
-            check = _CHECK.format(
-                mount=warmlayout.GUEST_MOUNT,
-                tag=warmlayout.TAG,
-                nonce_file=warmlayout.NONCE_FILE,
-            )
-            result = await guest.run(["sh", "-c", check], max_output=CHECK_OUTPUT_MAX)
-            mounted = time.monotonic()
-            home, seen = _parse_check(result.stdout)
-            if seen != nonce:
-                raise WarmFailure(
-                    "the warm share does not show this task's directories (the nonce read "
-                    "back in the guest differs)"
-                )
-            step = await _step_clock(guest, password)
-    except ssh.GuestError as exc:
-        raise WarmFailure(f"checking the resumed guest failed: {exc}") from None
+    home, clock, sent, host_key = await _check(reached[0], password, nonce)
     return Resumed(
-        ip=record.ip,
-        host_key=reached[0],
+        ip=reached[0].address.host,
+        host_key=host_key,
         shares_root=f"{home}/{warmlayout.GUEST_MOUNT}",
         restore_seconds=restored - began,
-        ssh_seconds=ssh_done - restored,
-        mount_seconds=mounted - ssh_done,
-        clock_step=step,
+        check_seconds=time.monotonic() - restored,
+        clock_step=None if clock is None else sent - clock,
     )
+
+
+async def _check(
+    guest: ssh.Guest, password: str, nonce: str
+) -> tuple[str, float | None, float, str]:
+    """Mount, nonce and clock in one command on the resumed guest's connection (closed
+    here): its home, its clock before the step, the host's time sent, its host key."""
+    check = _CHECK.format(
+        mount=warmlayout.GUEST_MOUNT, tag=warmlayout.TAG, nonce_file=warmlayout.NONCE_FILE
+    )
+    secret = password if "\n" not in password else ""
+    try:
+        for attempt in range(CHECK_ATTEMPTS):
+            sent = time.time()
+            result = await guest.run(
+                ["sh", "-c", check, "warm", str(int(sent))],
+                stdin=f"{secret}\n".encode(),
+                max_output=CHECK_OUTPUT_MAX,
+            )
+            home, seen, clock = _parse_check(result.stdout)
+            if seen or attempt == CHECK_ATTEMPTS - 1:
+                break
+            # No nonce at all: the share did not mount (yet); a different one is final.
+            await trio.sleep(0.2 * (attempt + 1))
+    except ssh.GuestError as exc:
+        raise WarmFailure(f"checking the resumed guest failed: {exc}") from None
+    finally:
+        await guest.aclose()
+    if seen != nonce:
+        what = "another nonce" if seen else "no nonce"
+        raise WarmFailure(
+            "the warm share does not show this task's directories (the guest read "
+            f"{what} back through it)"
+        )
+    return home, clock, sent, guest.host_key
+
+
+def last_line(path: Path, limit: int = 400) -> str:
+    """The last line ``tart run`` printed (its error), bounded."""
+    try:
+        with open(path, "rb") as log_file:
+            log_file.seek(0, os.SEEK_END)
+            log_file.seek(max(0, log_file.tell() - 4096))
+            text = log_file.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:limit] if lines else ""
 
 
 _HOME: Final = re.compile(rb"^home (/[^\n\0]{0,1000})$", re.M)
 _NONCE: Final = re.compile(rb"^nonce ([0-9a-f]{32})\s*$", re.M)
+_CLOCK: Final = re.compile(rb"^clock ([0-9]{1,12})$", re.M)
 
 
-def _parse_check(output: bytes) -> tuple[str, str]:
-    """The guest's home and the nonce it read, from its bounded reply ("" where absent)."""
+def _parse_check(output: bytes) -> tuple[str, str, float | None]:
+    """The guest's home, the nonce it read and its clock before the step, from its bounded
+    reply ("" or None where absent)."""
     home = _HOME.search(output)
     nonce = _NONCE.search(output)
+    clock = _CLOCK.search(output)
     return (
         home.group(1).decode(errors="replace") if home else "",
         nonce.group(1).decode() if nonce else "",
+        float(clock.group(1)) if clock else None,
     )
 
 
@@ -437,8 +488,19 @@ async def self_test(
             supervisor = await start_supervisor(
                 tart, ctx.launch_prefix, runtime, clone_run(record, vm)
             )
-        with trio.fail_after(budget(pool)):
-            await resume(tart, runtime, supervisor, record, pool.ssh_user, pool.ssh_password, nonce)
+        within = budget(pool)
+        with trio.fail_after(within):
+            await resume(
+                tart,
+                vm,
+                runtime,
+                supervisor,
+                record,
+                pool.ssh_user,
+                pool.ssh_password,
+                nonce,
+                within,
+            )
         return time.monotonic() - began
     except trio.TooSlowError:
         raise WarmFailure(

@@ -275,8 +275,8 @@ class TaskRunner:
         self._emit(
             f"Warm start: resumed from pool {lease.slot.pool} slot {lease.slot.index} (golden "
             f"built {age:.0f} min ago) at {resumed.ip}: clone {clone_seconds:.1f}s, restore "
-            f"{resumed.restore_seconds:.1f}s, SSH {resumed.ssh_seconds:.1f}s, shares "
-            f"{resumed.mount_seconds:.1f}s, {golden.describe_step(resumed.clock_step)}",
+            f"{resumed.restore_seconds:.1f}s, SSH checks {resumed.check_seconds:.1f}s, "
+            f"{golden.describe_step(resumed.clock_step)}",
             {"vm": self.vm_name, "ip": resumed.ip},
         )
         log.info(
@@ -288,8 +288,7 @@ class TaskRunner:
                 "slot": lease.slot.index,
                 "clone_ms": round(clone_seconds * 1000),
                 "restore_ms": round(resumed.restore_seconds * 1000),
-                "ssh_ms": round(resumed.ssh_seconds * 1000),
-                "mount_ms": round(resumed.mount_seconds * 1000),
+                "check_ms": round(resumed.check_seconds * 1000),
                 "clock_step_s": resumed.clock_step,
                 "total_ms": round(total * 1000),
             },

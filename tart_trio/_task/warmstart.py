@@ -55,7 +55,8 @@ async def resume_clone(
     clone_seconds = time.monotonic() - began
     if not golden.state_file(tart, vm_name).exists():
         raise golden.WarmFailure("the clone of the golden carries no saved state")
-    with trio.fail_after(golden.budget(lease.pool)):
+    within = golden.budget(lease.pool)
+    with trio.fail_after(within):
         async with ctx.launch_lock:
             await boot.check_macos_slots(tart)
             reserved.release()
@@ -63,6 +64,14 @@ async def resume_clone(
         launched(supervisor)
         password = boot.config.ssh_password
         resumed = await golden.resume(
-            tart, boot.runtime_dir, supervisor, record, boot.config.ssh_user, password, nonce
+            tart,
+            vm_name,
+            boot.runtime_dir,
+            supervisor,
+            record,
+            boot.config.ssh_user,
+            password,
+            nonce,
+            within,
         )
     return resumed, clone_seconds

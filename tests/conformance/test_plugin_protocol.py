@@ -186,6 +186,9 @@ EXPECTED: dict[str, TaskConfig] = {
         auth=Auth(username="ci-bot", password=PASSWORD),
     ),
     "service-ports.nomad.hcl": TaskConfig(**_BASE, ports=("ssh", "http")),
+    "ci-warm.nomad.hcl": TaskConfig(
+        **_BASE, command="/bin/sh", args=("local/build.sh",), warm_start=True
+    ),
     "warm-fleet.nomad.hcl": TaskConfig(
         url="ghcr.io/cirruslabs/macos-sequoia-xcode:latest", pull_only=True, force_pull=True
     ),
