@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,23 @@ def _children_named(marker: str) -> list[int]:
         if me in (parent, grandparent):
             found.append(pid)
     return found
+
+
+def unchanged_for(path: Path, seconds: float) -> Callable[[], bool]:
+    """True once the file at ``path`` exists and has not changed for ``seconds``."""
+    seen: list[tuple[float, bytes | None]] = []
+
+    def check() -> bool:
+        try:
+            content: bytes | None = path.read_bytes()
+        except OSError:
+            content = None
+        now = time.monotonic()
+        if not seen or seen[-1][1] != content:
+            seen.append((now, content))
+        return content is not None and now - seen[-1][0] >= seconds
+
+    return check
 
 
 async def until(check: Callable[[], object], seconds: float = 30) -> None:
