@@ -14,7 +14,13 @@ import pytest
 import trio
 
 from tart_trio._task.state import decode_state
-from tests.conformance.conftest import launch_args, plugin_log, unchanged_for, until
+from tests.conformance.conftest import (
+    delivered_once_or_one_write_twice,
+    launch_args,
+    plugin_log,
+    unchanged_for,
+    until,
+)
 from tests.conformance.nomadsim import NomadSim
 from tests.conformance.test_exec import ended_cleanly, open_session
 from tests.conformance.test_lifecycle import _variant, collect, vm_names
@@ -208,8 +214,11 @@ async def test_output_and_exit_code_survive_a_plugin_kill_even_when_the_command_
     for task in (slow, quick):
         await sim.call("destroy_task", task_id=task["task_id"])
     assert vm_names(fake_tart) == []
-    assert numbers(logs[0]) == list(range(1, 401)), "no gap and no duplicate"
-    assert numbers(logs[1]) == list(range(1, 301))
+    for log, count in zip(logs, (400, 300), strict=True):
+        # The kill may fall between a write to the FIFO and saving the offset after it:
+        # that one write (at most PIPE_BUF bytes) may then come twice, nothing else.
+        expected = "".join(f"n={i}\n" for i in range(1, count + 1))
+        assert delivered_once_or_one_write_twice(log.read_text(), expected), "no gap"
 
 
 FLOOD = r"""

@@ -14,7 +14,11 @@ import pytest
 import trio
 
 from tart_trio._task.state import decode_state, encode_state
-from tests.conformance.conftest import unchanged_for, until
+from tests.conformance.conftest import (
+    delivered_once_or_one_write_twice,
+    unchanged_for,
+    until,
+)
 from tests.conformance.nomadsim import NomadSim, NomadSimError, SimStream
 from tests.conformance.test_lifecycle import _variant, collect, launch, start
 from tests.faketart.fixtures import FakeTart, needs_guest_reason
@@ -75,8 +79,10 @@ async def test_running_vms_are_reattached_with_logs_intact(
     for vm, log in zip(vms, logs, strict=True):
         latest = SEQ.findall(fake_tart.guest_log(vm)[-1])[-1]
         await until(lambda log=log, latest=latest: seqs(log) and seqs(log)[-1] >= int(latest))
-        got = seqs(log)
-        assert got == list(range(got[0], got[-1] + 1)), "no gap and no duplicate"
+        # The kill may fall between a write to the FIFO and saving the cursor after it:
+        # that one write (at most PIPE_BUF bytes) may then come twice, nothing else.
+        got, expected = guest_log_delivered(log, fake_tart.guest_log(vm))
+        assert delivered_once_or_one_write_twice(got, expected), "no gap"
     for t in tasks:
         await sim.call("stop_task", task_id=t["task_id"], timeout_seconds=5)
         assert (await sim.call("wait_task", task_id=t["task_id"]))["result"]["exit_code"] == 0
