@@ -1,4 +1,4 @@
-"""Guest log lines into the task's stdout FIFO, resumable without gap or duplicate.
+"""Guest log lines into the task's stdout FIFO, resumable without gap, repeating at most one write.
 
 macOS ``log`` prints syslog-style lines that start with a timestamp. The pump remembers
 the last delivered line as (timestamp, how many lines carried that timestamp) in a small

@@ -21,9 +21,9 @@ write(2) of at most ``ATOMIC_WRITE`` bytes, which the kernel takes whole or not 
 and the cursor is saved right after it: the saved cursor is exactly what logmon has,
 whenever the plugin is killed, except in the instant between a write(2) and that save.
 A kill there repeats that one write after the restart (at most ``ATOMIC_WRITE`` bytes,
-ending after a line break unless the output had none): a process that can die between
-two system calls cannot both write and record atomically, and logmon, which has the
-bytes, tells no one how many.
+ending after a line break unless a line is longer or the output fed ended inside one): a
+process that can die between two system calls cannot both write and record atomically,
+and logmon, which has the bytes, tells no one how many.
 """
 
 from __future__ import annotations
