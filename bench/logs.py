@@ -198,8 +198,18 @@ def pump_cpu(data_path: Path) -> float | None:
     return best
 
 
+def saved_every() -> int:
+    """Bytes between two saves of the log cursor: one a write to the FIFO (at most
+    ``PIPE_BUF`` bytes), or one a 64 KiB chunk before writes were cut so."""
+    try:
+        from tart_trio._host.fifo import ATOMIC_WRITE
+    except ImportError:
+        return 65536
+    return ATOMIC_WRITE
+
+
 def cursor_save_seconds(scratch: Path) -> float | None:
-    """CPU seconds of one save of the log cursor file (the pump saves once per chunk)."""
+    """CPU seconds of one save of the log cursor file (``saved_every`` says how often)."""
     try:
         from tart_trio._guest.cursor import Cursor, CursorFile
     except ImportError:
@@ -357,9 +367,10 @@ async def breakdown(
         out["pump_cpu_per_10k_lines"] = pump / lines * 10_000
     save = await trio.to_thread.run_sync(cursor_save_seconds, rig.root)
     if save is not None:
-        chunks_per_10k = size / 65536 / lines * 10_000
+        every = saved_every()
         out["cursor_save_seconds"] = save
-        out["cursor_save_per_10k_lines"] = save * chunks_per_10k
+        out["cursor_save_bytes"] = every
+        out["cursor_save_per_10k_lines"] = save * size / every / lines * 10_000
 
 
 async def latency(

@@ -372,9 +372,10 @@ class Report:
             )
         save = r.get("cursor_save_per_10k_lines")
         if save is not None:
+            every = r.get("cursor_save_bytes", 65536)
             extra.append(
-                "| … of which saving the log cursor file once per 64 KiB chunk "
-                "(`_guest.cursor._CursorFile.save`, "
+                f"| … of which saving the log cursor file once per {every:,} bytes written "
+                "(`_guest.cursor.CursorFile.save`, "
                 f"{fmt_seconds(r['cursor_save_seconds'])} a call) | "
                 f"{fmt_seconds(save)} CPU / 10k lines | plugin total | "
                 f"{fmt_seconds(cpu['median'])} | {save / cpu['median']:.0%} of it | — | "

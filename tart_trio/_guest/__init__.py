@@ -5,7 +5,8 @@ shutdown; the only module that imports asyncssh), ``session`` (commands in their
 session, killed with everything they started when left early; one shared connection per
 task), ``sink`` (a task's log FIFO: backpressure instead of loss, cursors saved once
 delivered), ``cursor`` and ``logs`` (the guest's logs into the stdout sink, resumable
-without gap or duplicate), ``scripts`` (the runner's POSIX ``sh`` scripts, pure text),
-``command`` (a task's command, detached in the guest and followed from files).
+without gap, or repeat but the one write a kill interrupts), ``scripts`` (the runner's
+POSIX ``sh`` scripts, pure text), ``command`` (a task's command, detached in the guest
+and followed from files).
 ExecTask is an operation on a task: ``_task.exec``.
 """

@@ -17,8 +17,10 @@ group reaches the command and leaves the runner to record the exit status.
 
 The plugin follows ``out`` and ``err`` with ``tail -c +N -f`` in their own SSH sessions,
 each into its sink, from byte offsets saved once logmon has the bytes; a third session
-waits on ``status``. After a restart of the plugin (or a lost connection) the followers
-start again from those offsets: no gap, no duplicate.
+waits on ``status``. After a lost connection the followers start again from what was fed,
+after a restart of the plugin from the saved offsets: no gap, and no repeat unless the
+plugin was killed in the instant between a write to the FIFO and saving its offset (then
+that one write, at most ``fifo.ATOMIC_WRITE`` bytes, comes again: see ``sink``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from tart_trio._guest import scripts, session, ssh
 from tart_trio._guest.cursor import CursorFile
 from tart_trio._guest.sink import Checkpoints, Sink
 from tart_trio._guest.status import Outcome, StatusReader
+from tart_trio._host import fifo
 
 log = logging.getLogger("command")
 
@@ -193,9 +196,14 @@ class _Stream:
             self._feed(line, b"\n")
 
     def _feed(self, data: bytes, extra: bytes = b"") -> None:
-        self.sink.feed(data + extra)
-        self.fed += len(data)  # bytes of the guest's file: where a follower resumes
-        self._checkpoints.mark(self.fed)
+        """Feed ``data`` (and ``extra``, which is not the guest's) in pieces the sink
+        writes whole, each followed by its offset in the guest's file."""
+        chunk = data + extra if extra else data
+        base = self.fed
+        for start, end in fifo.pieces(chunk):
+            self.sink.feed(chunk[start:end])
+            self.fed = base + min(end, len(data))  # where a follower resumes
+            self._checkpoints.mark(self.fed)
 
     def close(self) -> None:
         self._checkpoints.close()

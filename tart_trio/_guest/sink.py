@@ -14,6 +14,16 @@ Delivery is counted in bytes (``FifoWriter.accepted`` and ``done``). A producer 
 resume cursor with ``Checkpoints``: a cursor is saved only once every byte fed before it
 reached the FIFO, so a plugin killed with output still in memory resumes from what logmon
 actually got.
+
+Producers feed pieces of at most ``ATOMIC_WRITE`` bytes (``fifo.pieces``: cut after line
+breaks) and mark their cursor after each. The writer sends whole pieces, several in one
+write(2) of at most ``ATOMIC_WRITE`` bytes, which the kernel takes whole or not at all,
+and the cursor is saved right after it: the saved cursor is exactly what logmon has,
+whenever the plugin is killed, except in the instant between a write(2) and that save.
+A kill there repeats that one write after the restart (at most ``ATOMIC_WRITE`` bytes,
+ending after a line break unless a line is longer or the output fed ended inside one): a
+process that can die between two system calls cannot both write and record atomically,
+and logmon, which has the bytes, tells no one how many.
 """
 
 from __future__ import annotations
@@ -102,7 +112,11 @@ class Sink:
         self._listeners.remove(on_done)
 
     def feed(self, data: bytes) -> None:
-        """Take a chunk of output (never blocks; producers wait at the gate instead)."""
+        """Take a chunk of output (never blocks; producers wait at the gate instead).
+
+        The chunk is one unit of the writer: at most ``ATOMIC_WRITE`` bytes reach the
+        FIFO whole, at once (``fifo.pieces`` cuts output so).
+        """
         if not self.writer.pending:
             self._since = trio.current_time()
         self.writer.write(data)
@@ -211,6 +225,10 @@ class Checkpoints(Generic[T]):
         if self._sink.done >= position:
             self._queue.clear()
             self._save(value)
+        elif self._queue and self._queue[-1][0] > self._sink.writer.unit_start:
+            # the last mark is inside the unit still waiting, which is written whole:
+            # the two would be saved at the same moment, so the newer one replaces it
+            self._queue[-1] = (position, value)
         else:
             self._queue.append((position, value))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 import trio
 
+from tart_trio._host.fifo import ATOMIC_WRITE
 from tart_trio._tart import processes
 from tests.conformance.nomadsim import NomadSim, open_nomadsim
 from tests.plugin_process import plugin_command
@@ -114,6 +116,50 @@ def _children_named(marker: str) -> list[int]:
         if me in (parent, grandparent):
             found.append(pid)
     return found
+
+
+def delivered_once_or_one_write_twice(got: str, expected: str) -> bool:
+    """What a task's log holds after a plugin kill: ``expected`` exactly, or, if the kill
+    fell between a write to the FIFO and the save of the cursor after it, ``expected`` with
+    that one write (at most ``ATOMIC_WRITE`` bytes) again right after itself."""
+    extra = len(got) - len(expected)
+    if extra == 0:
+        return got == expected
+    if not 0 < extra <= ATOMIC_WRITE:
+        return False
+    prefix = _same_start(got, expected)
+    suffix = _same_start(got[::-1], expected[::-1])
+    # got == expected[:end] + expected[end - extra :] for an end of the repeated write
+    return max(extra, len(got) - suffix) <= min(prefix, len(expected))
+
+
+def _same_start(a: str, b: str) -> int:
+    """How many characters ``a`` and ``b`` have in common from their start."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def unchanged_for(path: Path, seconds: float) -> Callable[[], bool]:
+    """True once the file at ``path`` exists and has not changed for ``seconds``."""
+    seen: list[tuple[float, bytes | None]] = []
+
+    def check() -> bool:
+        try:
+            content: bytes | None = path.read_bytes()
+        except OSError:
+            content = None
+        now = time.monotonic()
+        if not seen or seen[-1][1] != content:
+            seen.append((now, content))
+        return content is not None and now - seen[-1][0] >= seconds
+
+    return check
 
 
 async def until(check: Callable[[], object], seconds: float = 30) -> None:
