@@ -371,3 +371,33 @@ async def test_warm_check_tells_an_operator_what_this_host_supports(
     assert "self-test failed: the warm share does not show this task's directories" in out
     assert "does NOT support warm start" in out
     assert vm_names(fake_tart) == []
+
+
+async def test_a_golden_is_built_again_when_tart_or_its_pool_changes(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    async with goldens_removed(sim, fake_tart):
+        fake_tart.set_knobs("*", suspend_seconds=0.2, resume_seconds=0.2)
+        await launch(sim, fake_tart, tmp_path)
+        fingerprints = await sim.open_stream("fingerprint")
+        await ready_slots(fingerprints, 1)
+        await sim.close_stream(fingerprints)
+        (first,) = goldens(fake_tart)
+
+        # Tart is upgraded while the plugin is down: the golden is not trusted any more.
+        await sim.call("sigkill")
+        await sim.call(
+            "launch",
+            **launch_args(tmp_path / "plugin.log", **fake_tart.env(FAKETART_VERSION="2.34.0")),
+        )
+        await sim.call("set_config", hcl=plugin_hcl(tmp_path / "warm"), with_nomad_config=True)
+        await until(lambda: goldens(fake_tart) not in ([first], []), 60)
+        (second,) = goldens(fake_tart)
+
+        # The pool's shape changes: its golden is rebuilt to it.
+        await sim.call(
+            "set_config", hcl=plugin_hcl(tmp_path / "warm", memory="8192"), with_nomad_config=True
+        )
+        await until(lambda: goldens(fake_tart) not in ([second], []), 60)
+        (third,) = goldens(fake_tart)
+        assert fake_tart.config(third)["memorySize"] == 8192 * 1024 * 1024
