@@ -215,6 +215,8 @@ TOP_KEYS = {
     "work_dir",
     "timeout",
     "guest_logs",
+    "warm_start",
+    "ports",
 }
 
 
@@ -250,6 +252,8 @@ def decode(data: bytes) -> dict[str, Any]:
         "work_dir": _str(obj.get("work_dir", ""), "work_dir"),
         "timeout": _str(obj.get("timeout", ""), "timeout"),
         "guest_logs": _optional_bool(obj.get("guest_logs"), "guest_logs"),
+        "warm_start": _bool(obj.get("warm_start", False), "warm_start"),
+        "ports": _strings(obj.get("ports", []), "ports"),
     }
     if not str(config["url"]).strip():
         raise HandError("url", "must not be empty")
@@ -271,4 +275,11 @@ def decode(data: bytes) -> dict[str, Any]:
             parse_duration(config["timeout"])
         except ValueError as exc:
             raise HandError("timeout", str(exc)) from None
+    seen: set[str] = set()
+    for i, label in enumerate(config["ports"]):
+        if not label.strip() or label in seen:
+            raise HandError(f"ports[{i}]", "must be a port label, listed once")
+        seen.add(label)
+    if config["pull_only"] and (config["ports"] or config["warm_start"]):
+        raise HandError("ports", "does not apply with pull_only")
     return config
