@@ -169,6 +169,7 @@ async def idle_cpu(pid: int, address: tuple[str, int] | None) -> float:
 async def run(*, runs: int = 5) -> dict[str, Any]:
     direct_bulk, forward_bulk = Sample(), Sample()
     direct_p50, forward_p50, added_p50 = Sample(), Sample(), Sample()
+    forward_cpu = 0.0  # the supervisor's CPU seconds over the forwarded bulk runs
     host_port = free_port()
     async with open_rig("ports") as rig:
         await trio.to_thread.run_sync(lambda: rig.fake.tart("pull", LINUX_IMAGE, check=True))
@@ -178,15 +179,18 @@ async def run(*, runs: int = 5) -> dict[str, Any]:
         try:
             guest = (forwarded["network_override"]["addr"], GUEST_PORT)
             node = (NODE, host_port)
+            supervisor = supervisor_pid(forwarded["vm"])
             for _ in range(runs):
                 direct_bulk.add(await trio.to_thread.run_sync(bulk, guest))
+                meter = CpuMeter(supervisor)
                 forward_bulk.add(await trio.to_thread.run_sync(bulk, node))
+                forward_cpu += meter.read()["cpu"]
                 direct = await trio.to_thread.run_sync(round_trips, guest)
                 through = await trio.to_thread.run_sync(round_trips, node)
                 direct_p50.add(direct.median)
                 forward_p50.add(through.median)
                 added_p50.add(through.median - direct.median)
-            idle_forward = await idle_cpu(supervisor_pid(forwarded["vm"]), node)
+            idle_forward = await idle_cpu(supervisor, node)
             idle_plain = await idle_cpu(supervisor_pid(plain["vm"]), None)
         finally:
             await rig.destroy_all([forwarded["task_id"], plain["task_id"]])
@@ -206,4 +210,6 @@ async def run(*, runs: int = 5) -> dict[str, Any]:
         "idle_seconds": IDLE_SECONDS,
         "idle_cpu_forward": idle_forward,
         "idle_cpu_plain": idle_plain,
+        # CPU share of one core the forward used while it carried the bulk runs
+        "forward_cpu_share": forward_cpu / sum(forward_bulk.values),
     }
