@@ -73,7 +73,9 @@ exec python3 -c "$SERVER" "$ip" "$@"
 """
 
 
-def service_job(*guest_ports: int, ports: tuple[str, ...], image: str = MACOS_IMAGE) -> str:
+def service_job(
+    *guest_ports: int, ports: tuple[str, ...], image: str = MACOS_IMAGE, network: str = ""
+) -> str:
     argv = ", ".join(hcl_string(a) for a in ["-c", SERVE, "job", *map(str, guest_ports)])
     labels = ", ".join(f'"{label}"' for label in ports)
     return (
@@ -81,7 +83,8 @@ def service_job(*guest_ports: int, ports: tuple[str, ...], image: str = MACOS_IM
         f"      env {{\n        SERVER = {hcl_string(SERVER)}\n      }}\n"
         f'      config {{\n        url = "{image}"\n        ssh_user = "admin"\n'
         f'        ssh_password = "admin"\n        command = "/bin/sh"\n'
-        f"        args = [{argv}]\n        ports = [{labels}]\n      }}\n    }}\n  }}\n}}\n"
+        f"        args = [{argv}]\n        ports = [{labels}]\n{network}"
+        "      }\n    }\n  }\n}\n"
     )
 
 
@@ -144,13 +147,16 @@ def bindable(port: int) -> bool:
 
 
 async def start_service(
-    sim: NomadSim, ports: list[dict[str, Any]], *guest_ports: int, image: str = MACOS_IMAGE
+    sim: NomadSim,
+    ports: list[dict[str, Any]],
+    *guest_ports: int,
+    image: str = MACOS_IMAGE,
+    network: str = "",
 ) -> dict[str, Any]:
     labels = tuple(str(p["label"]) for p in ports)
     resources = {"cpu_shares": 4000, "memory_mb": 4096, "cpuset_cpus": "0,1,2,3", "ports": ports}
-    return await start(
-        sim, service_job(*guest_ports, ports=labels, image=image), resources=resources
-    )
+    job_hcl = service_job(*guest_ports, ports=labels, image=image, network=network)
+    return await start(sim, job_hcl, resources=resources)
 
 
 async def test_tcp_udp_and_service_addresses_reach_the_guest_in_both_address_modes(
@@ -324,3 +330,21 @@ async def test_ports_must_name_the_groups_ports_before_anything_is_cloned(
         "ports[1]: port 'metrics' is not in the group's network block (its ports: http)" in message
     )
     assert fake_tart.calls_of("clone") == []
+
+
+async def test_ports_forward_into_a_softnet_vm_beside_its_softnet_expose(
+    sim: NomadSim, fake_tart: FakeTart, tmp_path: Path
+) -> None:
+    await launch(sim, fake_tart, tmp_path)
+    http = free_port()
+    ports = [{"label": "http", "value": http, "to": 8080, "host_ip": NODE_IP}]
+    network = '        network {\n          softnet_expose = ["2222:22"]\n        }\n'
+    started = await start_service(sim, ports, 8080, network=network)
+    (run,) = fake_tart.calls_of("run")
+    assert "--net-softnet" in run and "--net-softnet-expose" in run
+    guest_ip = started["network_override"]["addr"]
+    assert await http_get(NODE_IP, http) == f"guest {guest_ip}:8080, client {NODE_IP}\n"
+    assert await udp_round_trip(http, b"soft") == b"guest:soft"
+    await sim.call("stop_task", task_id=started["task_id"], timeout_seconds=5)
+    assert bindable(http)
+    await sim.call("destroy_task", task_id=started["task_id"])
