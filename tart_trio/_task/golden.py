@@ -35,7 +35,7 @@ from tart_trio._images.pulls import PullListener
 from tart_trio._tart import images, vms
 from tart_trio._tart.cli import Tart, TartCommandError
 from tart_trio._task import warmlayout
-from tart_trio._task.boot import read_status, start_supervisor, tail
+from tart_trio._task.boot import hit_vm_limit, read_status, start_supervisor, tail
 from tart_trio._task.context import TaskContext
 
 log = logging.getLogger("warm")
@@ -49,6 +49,15 @@ MAC_RESET: Final = "Resetting VM to assign a new MAC address"
 CHECK_ATTEMPTS: Final = 3
 #: What the mount-and-check command may print (the guest is hostile: bounded, parsed).
 CHECK_OUTPUT_MAX: Final = 4096
+
+
+class NoMacOSSlot(TartTrioError):
+    """A golden could not start because Apple's limit of macOS VMs is reached (by VMs of
+    any owner): the build waits for a free slot, it has not failed."""
+
+
+class _Dropped(Exception):
+    """The SSH connection to a resumed guest failed under a check (it is tried again)."""
 
 
 class WarmFailure(TartTrioError):
@@ -165,7 +174,7 @@ async def remove_vm(tart: Tart, vm: str) -> None:
 
 
 async def _wait_guest(
-    tart: Tart, vm: str, pool: WarmPool, pid: int, token: str | None
+    tart: Tart, vm: str, pool: WarmPool, pid: int, token: str | None, log_file: Path
 ) -> tuple[str, str]:
     """The golden's address and host key once it answers SSH (its supervisor must live)."""
     outcome: list[tuple[str, str]] = []
@@ -190,7 +199,10 @@ async def _wait_guest(
             nursery.start_soon(watch, nursery.cancel_scope)
             nursery.start_soon(reach, nursery.cancel_scope)
     if not outcome:
-        raise TartTrioError(f"`tart run {vm}` ended before the golden was up")
+        said = last_line(log_file)
+        if hit_vm_limit(said):
+            raise NoMacOSSlot(f"`tart run {vm}` found no free macOS VM slot: {said}")
+        raise TartTrioError(f"`tart run {vm}` ended before the golden was up: {said}")
     return outcome[0]
 
 
@@ -227,10 +239,12 @@ async def build(
         async with ctx.launch_lock:
             running = await vms.running_macos_vms(tart)
             if len(running) >= ctx.max_macos_vms:
-                raise TartTrioError("no macOS VM slot is free for a golden build")
+                raise NoMacOSSlot("no macOS VM slot is free for a golden build")
             pid, token = await start_supervisor(tart, ctx.launch_prefix, slot.runtime, run)
         with trio.fail_after(ctx.boot_timeout):
-            ip, host_key = await _wait_guest(tart, vm, pool, pid, token)
+            ip, host_key = await _wait_guest(
+                tart, vm, pool, pid, token, slot.runtime / "tart-run.log"
+            )
         suspended_at = time.monotonic()
         await tart.run("suspend", vm)
         with trio.fail_after(SUSPEND_SECONDS):
@@ -382,9 +396,17 @@ async def resume(
             golden_at_fault=refused,
         )
     restored = time.monotonic()
-    home, clock, sent, host_key = await _check(reached[0], password, nonce)
+    guest = reached[0]
+    for attempt in range(CHECK_ATTEMPTS):
+        try:
+            home, clock, sent, host_key = await _check(guest, password, nonce)
+            break
+        except _Dropped as exc:  # the connection failed, not the check: log in again
+            if attempt == CHECK_ATTEMPTS - 1:
+                raise WarmFailure(f"checking the resumed guest failed: {exc}") from None
+            guest = await _reach(tart, vm, guest.address, began + within)
     return Resumed(
-        ip=reached[0].address.host,
+        ip=guest.address.host,
         host_key=host_key,
         shares_root=f"{home}/{warmlayout.GUEST_MOUNT}",
         restore_seconds=restored - began,
@@ -416,7 +438,7 @@ async def _check(
             # No nonce at all: the share did not mount (yet); a different one is final.
             await trio.sleep(0.2 * (attempt + 1))
     except ssh.GuestError as exc:
-        raise WarmFailure(f"checking the resumed guest failed: {exc}") from None
+        raise _Dropped(str(exc)) from None
     finally:
         await guest.aclose()
     if seen != nonce:

@@ -46,6 +46,12 @@ PREFIX: Final = "driver.tart.warm"
 ENABLED: Final = "driver.tart.warm_start"
 #: How often the pools are looked at without a reason to (a build or release wakes them).
 PERIOD: Final = 30.0
+#: A build that found no free macOS VM slot (Apple's limit, VMs of any owner) is tried
+#: again this soon; it has not failed.
+SLOT_RETRY: Final = 5.0
+#: Self-tests of a new golden before the pool is judged unavailable: a failure that does
+#: not repeat (a dropped connection) is not the host's verdict.
+SELF_TEST_ATTEMPTS: Final = 3
 #: A failed build is tried again after this, doubling up to an hour.
 RETRY_FIRST: Final = 60.0
 RETRY_MAX: Final = 3600.0
@@ -221,12 +227,24 @@ class WarmPools:
                     await self._round()
             except Exception as exc:
                 log.error("the warm pools' round failed", exc_info=exc)
-            with trio.move_on_after(PERIOD):
+            with trio.move_on_after(self._pause()):
                 await wake.wait()
             self._wake = trio.Event()
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _pause(self) -> float:
+        """Until the next round: the period, or sooner when a slot waits to be retried."""
+        now = time.monotonic()
+        due = [
+            one.retry_at - now
+            for state in self._pools.values()
+            if not state.unavailable
+            for one in state.slots
+            if one.record is None and not one.holder and one.retry_at > now
+        ]
+        return max(0.5, min([PERIOD, *due]))
 
     async def _host_identity(self, ctx: TaskContext) -> golden.HostIdentity:
         config = self._config()
@@ -332,7 +350,8 @@ class WarmPools:
             return
         running = await vms.running_macos_vms(ctx.tart)
         if len(running) >= ctx.max_macos_vms:
-            return  # a task's VM comes first; the next round tries again
+            one.retry_at = time.monotonic() + SLOT_RETRY  # a task's VM comes first
+            return
         await self._build(state, one, host, ctx, depends)
 
     async def _build(
@@ -352,14 +371,26 @@ class WarmPools:
         log.info("building a golden", extra={"pool": pool.name, "slot": slot.index})
         try:
             record = await golden.build(slot, pool, host, ctx)
+        except golden.NoMacOSSlot as exc:
+            log.info(
+                "a golden waits for a macOS VM slot", extra={"pool": pool.name, "why": str(exc)}
+            )
+            one.retry_at = time.monotonic() + SLOT_RETRY
+            return
         except (TartTrioError, OSError, trio.TooSlowError) as exc:
             self._failed(state, one, f"building its golden failed: {exc}", depends)
             return
-        try:
-            seconds = await golden.self_test(slot, record, pool, ctx)
-        except (golden.WarmFailure, TartTrioError, OSError) as exc:
+        reason = ""
+        for _ in range(SELF_TEST_ATTEMPTS):  # a passing one is proof; one failure is not
+            try:
+                seconds = await golden.self_test(slot, record, pool, ctx)
+                reason = ""
+                break
+            except (golden.WarmFailure, TartTrioError, OSError) as exc:
+                reason = exc.reason if isinstance(exc, golden.WarmFailure) else str(exc)
+                log.info("a self-test failed", extra={"pool": pool.name, "reason": reason})
+        if reason:
             await golden.remove_vm(ctx.tart, record.vm)
-            reason = exc.reason if isinstance(exc, golden.WarmFailure) else str(exc)
             state.unavailable = f"the self-test of its golden failed on this host: {reason}"
             state.unavailable_for = depends
             log.warning(
