@@ -396,15 +396,9 @@ async def resume(
             golden_at_fault=refused,
         )
     restored = time.monotonic()
-    guest = reached[0]
-    for attempt in range(CHECK_ATTEMPTS):
-        try:
-            home, clock, sent, host_key = await _check(guest, password, nonce)
-            break
-        except _Dropped as exc:  # the connection failed, not the check: log in again
-            if attempt == CHECK_ATTEMPTS - 1:
-                raise WarmFailure(f"checking the resumed guest failed: {exc}") from None
-            guest = await _reach(tart, vm, guest.address, began + within)
+    guest, home, clock, sent, host_key = await _verify(
+        tart, vm, reached[0], password, nonce, began + within
+    )
     return Resumed(
         ip=guest.address.host,
         host_key=host_key,
@@ -415,15 +409,54 @@ async def resume(
     )
 
 
-async def _check(
-    guest: ssh.Guest, password: str, nonce: str
-) -> tuple[str, float | None, float, str]:
-    """Mount, nonce and clock in one command on the resumed guest's connection (closed
-    here): its home, its clock before the step, the host's time sent, its host key."""
+async def _verify(
+    tart: Tart, vm: str, guest: ssh.Guest, password: str, nonce: str, deadline: float
+) -> tuple[ssh.Guest, str, float | None, float, str]:
+    """The check of a resumed clone until the nonce comes back: logging in again when the
+    connection drops, and at the clone's ARP address when another clone of the golden
+    (the same host key) answered at the golden's. WarmFailure when it does not."""
+    moved = False
+    home, seen, clock, sent, host_key = "", "", None, 0.0, ""
+    for attempt in range(CHECK_ATTEMPTS):
+        try:
+            home, seen, clock, sent, host_key = await _check(guest, password)
+        except _Dropped as exc:  # the connection failed, not the check: log in again
+            if attempt == CHECK_ATTEMPTS - 1:
+                raise WarmFailure(f"checking the resumed guest failed: {exc}") from None
+            guest = await _reach(tart, vm, guest.address, deadline)
+            continue
+        if seen == nonce:
+            return guest, home, clock, sent, host_key
+        found = "" if moved else await _arp_address(tart, vm)
+        if not found or found == guest.address.host:
+            break
+        moved = True
+        guest = await _reach(tart, vm, msgspec.structs.replace(guest.address, host=found), deadline)
+    what = "another nonce" if seen else "no nonce"
+    raise WarmFailure(
+        "the warm share does not show this task's directories (the guest read "
+        f"{what} back through it)"
+    )
+
+
+async def _arp_address(tart: Tart, vm: str) -> str:
+    """Where Tart's ARP resolver finds a running VM ("" when it does not)."""
+    try:
+        with trio.fail_after(5):
+            return (await tart.run("ip", vm, "--resolver", "arp", "--wait", "2")).strip()
+    except (TartCommandError, trio.TooSlowError):
+        return ""
+
+
+async def _check(guest: ssh.Guest, password: str) -> tuple[str, str, float | None, float, str]:
+    """Mount, nonce and clock in one command on a resumed guest's connection (closed
+    here): its home, the nonce it read, its clock before the step, the host's time sent,
+    its host key. A share that shows no nonce at all (not mounted yet) is read again."""
     check = _CHECK.format(
         mount=warmlayout.GUEST_MOUNT, tag=warmlayout.TAG, nonce_file=warmlayout.NONCE_FILE
     )
     secret = password if "\n" not in password else ""
+    home, seen, clock, sent = "", "", None, 0.0
     try:
         for attempt in range(CHECK_ATTEMPTS):
             sent = time.time()
@@ -435,19 +468,12 @@ async def _check(
             home, seen, clock = _parse_check(result.stdout)
             if seen or attempt == CHECK_ATTEMPTS - 1:
                 break
-            # No nonce at all: the share did not mount (yet); a different one is final.
             await trio.sleep(0.2 * (attempt + 1))
     except ssh.GuestError as exc:
         raise _Dropped(str(exc)) from None
     finally:
         await guest.aclose()
-    if seen != nonce:
-        what = "another nonce" if seen else "no nonce"
-        raise WarmFailure(
-            "the warm share does not show this task's directories (the guest read "
-            f"{what} back through it)"
-        )
-    return home, clock, sent, guest.host_key
+    return home, seen, clock, sent, guest.host_key
 
 
 def last_line(path: Path, limit: int = 400) -> str:
