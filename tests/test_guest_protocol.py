@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from tart_trio._guest.command import launch_reply
 from tart_trio._guest.status import LINE_MAX, Settled, StatusReader
+from tart_trio._task.golden import parse_check_reply
 
 PROTOCOL = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -143,3 +144,49 @@ def test_a_launch_reply_with_a_bad_pid_is_a_reason_not_a_pid() -> None:
         assert isinstance(launch_reply(b"hello\n" + line + b"\n"), str)
     assert launch_reply(b"Welcome\ntart-command-started 77\n") == 77
     assert launch_reply(b"tart-command-started 77") is None  # not a whole line yet
+
+
+#: What a resumed warm clone may answer to the driver's check: real lines, forged ones,
+#: and garbage (the guest runs the golden's image; the reply is read as untrusted).
+CHECK_LINES = st.one_of(
+    st.sampled_from(
+        [
+            b"home /Users/admin",
+            b"nonce 0123456789abcdef0123456789abcdef",
+            b"clock 1796650000",
+            b"nonce 0123456789ABCDEF0123456789ABCDEF",
+            b"nonce 0123456789abcdef",
+            b"nonce 0123456789abcdef0123456789abcdef0",
+            b"clock 99999999999999999999",
+            b"clock -5",
+            b"home relative/path",
+            b"home /a\x00b",
+            b"home /" + b"x" * 5000,
+            b"",
+        ]
+    ),
+    st.binary(max_size=200),
+)
+
+
+@PROTOCOL
+@given(st.lists(CHECK_LINES, max_size=30))
+def test_a_resumed_guests_check_reply_is_parsed_as_untrusted(lines: list[bytes]) -> None:
+    home, nonce, clock = parse_check_reply(b"\n".join(lines))
+    assert home == "" or (home.startswith("/") and len(home) <= 1001 and "\n" not in home)
+    assert "\0" not in home
+    assert nonce == "" or (len(nonce) == 32 and all(c in "0123456789abcdef" for c in nonce))
+    assert clock is None or 0 <= clock < 10**12
+
+
+@PROTOCOL
+@given(st.lists(CHECK_LINES, max_size=10), st.lists(CHECK_LINES, max_size=10))
+def test_junk_around_a_real_check_reply_does_not_hide_it(
+    before: list[bytes], after: list[bytes]
+) -> None:
+    markers = (b"home ", b"nonce ", b"clock ")
+    lines = [line for line in before if not any(marker in line for marker in markers)]
+    real = [b"home /Users/admin", b"nonce " + b"ab" * 16, b"clock 1796650000"]
+    reply = b"\n".join([*lines, *real, *after])
+    home, nonce, clock = parse_check_reply(reply)
+    assert (home, nonce, clock) == ("/Users/admin", "ab" * 16, 1796650000.0)

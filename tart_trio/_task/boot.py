@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+import msgspec
 import trio
 
 from tart_trio._config.task import TaskConfig, command_shares, network_mode
@@ -123,26 +124,13 @@ class Boot:
     async def wait_reachable(
         self, tart: Tart, supervisor_pid: int, token: str | None
     ) -> tuple[str, str]:
-        outcome: list[tuple[str, str]] = []
-
-        async def watch_early_exit(scope: trio.CancelScope) -> None:
-            await proc.wait_exit(supervisor_pid, token)
-            scope.cancel()
-
-        async def discover(scope: trio.CancelScope) -> None:
-            ip = await self._discover_ip(tart)
-            address = ssh.GuestAddress(
-                host=ip, user=self.config.ssh_user, password=self.config.ssh_password
-            )
-            outcome.append((ip, await ssh.wait_for_guest(address)))
-            scope.cancel()
-
-        with single_errors():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch_early_exit, nursery.cancel_scope)
-                nursery.start_soon(discover, nursery.cancel_scope)
-        if outcome:
-            return outcome[0]
+        resolver = ["--resolver", "arp"] if network_mode(self.config.network) == "bridged" else []
+        address = ssh.GuestAddress(
+            host="", user=self.config.ssh_user, password=self.config.ssh_password
+        )
+        reached = await reach_vm(tart, self.vm_name, (supervisor_pid, token), address, resolver)
+        if reached is not None:
+            return reached
         error = self._early_exit_error()
         if self.darwin and hit_vm_limit(str(error)):
             await self._note_vm_limit(tart)
@@ -158,17 +146,6 @@ class Boot:
         if leak is not None:
             self._emit(leak.reason(), {"vm": self.vm_name})
 
-    async def _discover_ip(self, tart: Tart) -> str:
-        """``tart ip --wait``; bridged VMs are not in the DHCP leases, so ask ARP."""
-        resolver = ["--resolver", "arp"] if network_mode(self.config.network) == "bridged" else []
-        while True:
-            try:
-                out = await tart.run("ip", self.vm_name, "--wait", "30", *resolver)
-            except TartCommandError:
-                await trio.sleep(1)
-                continue
-            return out.strip()
-
     def _early_exit_error(self) -> TartTrioError:
         status = read_status(self.runtime_dir / "status.json")
         output = tail(self.runtime_dir / "tart-run.log")
@@ -181,6 +158,42 @@ class Boot:
         if self.darwin and FAILED_TO_START in output:
             message += f" ({MACOS_START_HINT})"
         return TartTrioError(message)
+
+
+async def reach_vm(
+    tart: Tart,
+    vm_name: str,
+    supervisor: tuple[int, str | None],
+    address: ssh.GuestAddress,
+    resolver: list[str],
+) -> tuple[str, str] | None:
+    """The VM's address (``tart ip``, ``resolver`` arguments added) and host key once its
+    guest accepts ``address``'s login; None when the supervisor (``tart run``) ends first.
+
+    ``tart ip --wait`` fails while the guest has no address yet and is asked again.
+    """
+    outcome: list[tuple[str, str]] = []
+
+    async def watch_early_exit(scope: trio.CancelScope) -> None:
+        await proc.wait_exit(*supervisor)
+        scope.cancel()
+
+    async def discover(scope: trio.CancelScope) -> None:
+        while True:
+            try:
+                ip = (await tart.run("ip", vm_name, "--wait", "30", *resolver)).strip()
+                break
+            except TartCommandError:
+                await trio.sleep(1)
+        login = msgspec.structs.replace(address, host=ip)
+        outcome.append((ip, await ssh.wait_for_guest(login)))
+        scope.cancel()
+
+    with single_errors():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_early_exit, nursery.cancel_scope)
+            nursery.start_soon(discover, nursery.cancel_scope)
+    return outcome[0] if outcome else None
 
 
 async def start_supervisor(

@@ -25,6 +25,7 @@ from typing import Final
 import msgspec
 import trio
 
+from tart_trio._config.durations import parse_duration
 from tart_trio._config.plugin import WarmPool
 from tart_trio._errors import TartTrioError
 from tart_trio._groups import single_errors
@@ -32,10 +33,10 @@ from tart_trio._guest import ssh
 from tart_trio._host import proc
 from tart_trio._host.safefs import make_private_dir
 from tart_trio._images.pulls import PullListener
-from tart_trio._tart import images, vms
+from tart_trio._tart import images, processes, vms
 from tart_trio._tart.cli import Tart, TartCommandError
 from tart_trio._task import warmlayout
-from tart_trio._task.boot import hit_vm_limit, read_status, start_supervisor, tail
+from tart_trio._task.boot import hit_vm_limit, reach_vm, read_status, start_supervisor, tail
 from tart_trio._task.context import TaskContext
 
 log = logging.getLogger("warm")
@@ -119,8 +120,6 @@ def stale_reason(
 
 
 def _seconds(text: str) -> float:
-    from tart_trio._config.durations import parse_duration
-
     return parse_duration(text)
 
 
@@ -162,8 +161,6 @@ async def _ensure_image(ctx: TaskContext, pool: WarmPool) -> None:
 async def remove_vm(tart: Tart, vm: str) -> None:
     """End whatever runs the VM and delete it (shielded: also on the way out)."""
     with trio.CancelScope(shield=True), trio.move_on_after(60):
-        from tart_trio._tart import processes
-
         left = await processes.find(vm, tart.path)
         if left:
             await processes.end(left, 10.0)
@@ -177,33 +174,14 @@ async def _wait_guest(
     tart: Tart, vm: str, pool: WarmPool, pid: int, token: str | None, log_file: Path
 ) -> tuple[str, str]:
     """The golden's address and host key once it answers SSH (its supervisor must live)."""
-    outcome: list[tuple[str, str]] = []
-
-    async def watch(scope: trio.CancelScope) -> None:
-        await proc.wait_exit(pid, token)
-        scope.cancel()
-
-    async def reach(scope: trio.CancelScope) -> None:
-        while True:
-            try:
-                ip = (await tart.run("ip", vm, "--wait", "30")).strip()
-                break
-            except TartCommandError:
-                await trio.sleep(1)
-        address = ssh.GuestAddress(host=ip, user=pool.ssh_user, password=pool.ssh_password)
-        outcome.append((ip, await ssh.wait_for_guest(address)))
-        scope.cancel()
-
-    with single_errors():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch, nursery.cancel_scope)
-            nursery.start_soon(reach, nursery.cancel_scope)
-    if not outcome:
-        said = last_line(log_file)
-        if hit_vm_limit(said):
-            raise NoMacOSSlot(f"`tart run {vm}` found no free macOS VM slot: {said}")
-        raise TartTrioError(f"`tart run {vm}` ended before the golden was up: {said}")
-    return outcome[0]
+    address = ssh.GuestAddress(host="", user=pool.ssh_user, password=pool.ssh_password)
+    reached = await reach_vm(tart, vm, (pid, token), address, [])
+    if reached is not None:
+        return reached
+    said = last_line(log_file)
+    if hit_vm_limit(said):
+        raise NoMacOSSlot(f"`tart run {vm}` found no free macOS VM slot: {said}")
+    raise TartTrioError(f"`tart run {vm}` ended before the golden was up: {said}")
 
 
 async def build(
@@ -465,7 +443,7 @@ async def _check(guest: ssh.Guest, password: str) -> tuple[str, str, float | Non
                 stdin=f"{secret}\n".encode(),
                 max_output=CHECK_OUTPUT_MAX,
             )
-            home, seen, clock = _parse_check(result.stdout)
+            home, seen, clock = parse_check_reply(result.stdout)
             if seen or attempt == CHECK_ATTEMPTS - 1:
                 break
             await trio.sleep(0.2 * (attempt + 1))
@@ -494,7 +472,7 @@ _NONCE: Final = re.compile(rb"^nonce ([0-9a-f]{32})\s*$", re.M)
 _CLOCK: Final = re.compile(rb"^clock ([0-9]{1,12})$", re.M)
 
 
-def _parse_check(output: bytes) -> tuple[str, str, float | None]:
+def parse_check_reply(output: bytes) -> tuple[str, str, float | None]:
     """The guest's home, the nonce it read and its clock before the step, from its bounded
     reply ("" or None where absent)."""
     home = _HOME.search(output)

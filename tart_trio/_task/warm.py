@@ -68,7 +68,6 @@ class _Slot:
     holder: str = ""
     retry_at: float = 0.0
     retry_delay: float = RETRY_FIRST
-    problem: str = ""
 
     @property
     def ready(self) -> bool:
@@ -118,7 +117,6 @@ class WarmPools:
         self._pools: dict[str, _Pool] = {}
         self._wake = trio.Event()
         self._reported: set[str] = set()
-        self._host: golden.HostIdentity | None = None
 
     # ---- what tasks and the fingerprint see ------------------------------------------
 
@@ -173,7 +171,10 @@ class WarmPools:
             count = state.restore_failures.get(one.record.vm, 0) + 1
             state.restore_failures[one.record.vm] = count
             if count >= RESTORES_BEFORE_REBUILD:
-                one.problem = f"its golden's restores failed {count} times: {golden_failed}"
+                log.info(
+                    "a golden is built again after refused restores",
+                    extra={"vm": one.record.vm, "restores_failed": count},
+                )
                 one.record = None  # rebuilt by the next round
                 warmlayout.write_record(one.slot, None)
         self._changed()
@@ -278,7 +279,6 @@ class WarmPools:
         config = self._config()
         ctx = self._context()
         host = await self._host_identity(ctx)
-        self._host = host
         root = Path(config.warm_root)
         wanted = {pool.name: pool for pool in config.warm_pool}
         for name in list(self._pools):
@@ -339,7 +339,6 @@ class WarmPools:
                 if one.holder:
                     return  # rebuilt once its task is done
                 log.info("a golden is stale", extra={"vm": record.vm, "reason": why})
-                one.problem = why
                 await golden.remove_vm(ctx.tart, record.vm)
                 warmlayout.write_record(slot, None)
                 record = None
@@ -399,7 +398,7 @@ class WarmPools:
             return
         record = _with(record, self_test_seconds=seconds)
         warmlayout.write_record(slot, record)
-        one.record, one.problem = record, ""
+        one.record = record
         one.retry_delay = RETRY_FIRST
         state.failed_goldens = 0
         log.info(
@@ -417,7 +416,6 @@ class WarmPools:
 
     def _failed(self, state: _Pool, one: _Slot, why: str, depends: tuple[str, ...]) -> None:
         log.warning("a golden could not be built", extra={"pool": state.pool.name, "reason": why})
-        one.problem = why
         one.retry_at = time.monotonic() + one.retry_delay
         one.retry_delay = min(one.retry_delay * 2, RETRY_MAX)
         state.failed_goldens += 1
